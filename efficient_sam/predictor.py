@@ -1,0 +1,251 @@
+"""`SamPredictor`: set an image once, then segment it with points, boxes and masks.
+
+A drop-in for `segment_anything.SamPredictor` that serves both families with their official pre- and
+post-processing. One difference: `predict_torch` takes coordinates in original-image pixels (the
+official one wants them already transformed), so `predict` and `predict_torch` agree.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import transforms
+from .modeling.sam import Sam
+
+SAM_LABELS = (-1, 0, 1)
+EFFICIENT_SAM_LABELS = (-1, 0, 1, 2, 3)
+
+
+def as_rgb_uint8(image, image_format: str = "RGB") -> np.ndarray:
+    """PIL image or HxW / HxWx1 / HxWx3 / HxWx4 uint8 array -> contiguous HxWx3 uint8 RGB."""
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+    if isinstance(image, Image.Image):
+        arr = np.asarray(image.convert("RGB"))
+    else:
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"expected a numpy array or PIL image, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise TypeError(
+                f"expected a uint8 image (values 0-255), got dtype {image.dtype}; "
+                f"convert first, e.g. (img * 255).round().astype(np.uint8) for a [0, 1] float image"
+            )
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+            raise ValueError(
+                f"expected an HxWx3 RGB image (HxW grayscale and HxWx4 RGBA are converted), got shape {image.shape}"
+            )
+        if image.shape[2] == 1:
+            arr = np.repeat(image, 3, axis=2)
+        elif image.shape[2] == 4:
+            arr = image[:, :, :3]  # PIL's RGBA -> RGB: alpha is dropped
+        else:
+            arr = image
+        if image_format == "BGR":
+            arr = arr[:, :, ::-1]
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    return np.ascontiguousarray(arr)
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    @torch.no_grad()
+    def set_image(self, image, image_format: str = "RGB") -> None:
+        """Encode an image (HxWx3 uint8 RGB array or PIL image; grayscale and RGBA are converted)."""
+        arr = as_rgb_uint8(image, image_format)
+        cfg = self.model.config
+        x = transforms.preprocess(arr, cfg, self.device)
+        dtype = self.model.image_encoder.patch_embed.proj.weight.dtype
+        self.reset_image()
+        self.features = self.model.encode_image(x.to(dtype))
+        self.original_size = (arr.shape[0], arr.shape[1])
+        self.input_size = transforms.input_size(self.original_size, cfg)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """(1, 256, 64, 64) embedding of the image set with `set_image`."""
+        self._require_image()
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call set_image(image) first")
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One prompt in original-image pixels -> masks (C, H, W), IoU (C,), low-res logits (C, 256, 256).
+
+        point_coords (N, 2) XY with point_labels (N,); box (4,) XYXY; mask_input (1, 256, 256) logits
+        from a previous call. C = 3 with `multimask_output`, else 1.
+        """
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        coords = labels = boxes = masks = None
+        if point_coords is not None:
+            coords = _array(point_coords, "point_coords", (None, 2))[None]
+            labels = _array(point_labels, "point_labels", (None,))[None]
+        if box is not None:
+            boxes = _array(box, "box", (4,)).reshape(1, 4) if np.size(box) == 4 else None
+            if boxes is None:
+                raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {np.shape(box)}")
+        if mask_input is not None:
+            masks = _array(mask_input, "mask_input", (1, None, None))[None]
+        out_masks, iou, low_res = self.predict_torch(
+            coords, labels, boxes, masks, multimask_output=multimask_output, return_logits=return_logits
+        )
+        return out_masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B prompts for the set image in one decoder call, coordinates in original-image pixels.
+
+        point_coords (B, N, 2), point_labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256)
+        -> masks (B, C, H, W) bool (logits if `return_logits`), IoU (B, C), low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        cfg = self.model.config
+        coords, labels, boxes, mask_input = self._validate(point_coords, point_labels, boxes, mask_input)
+        dev = self.device
+        if coords is not None:
+            coords = transforms.transform_coords(coords.to(dev), self.original_size, cfg)
+            labels = labels.to(dev)
+        if boxes is not None:
+            boxes = transforms.transform_boxes(boxes.to(dev), self.original_size, cfg)
+        if mask_input is not None:
+            mask_input = mask_input.to(dev, self.features.dtype)
+        low_res, iou = self.model.decode(self.features, coords, labels, boxes, mask_input, multimask_output)
+        low_res = low_res.float()
+        masks = transforms.postprocess_masks(low_res, self.original_size, cfg)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def _validate(self, coords, labels, boxes, mask_input):
+        cfg = self.model.config
+        h, w = self.original_size
+        if (coords is None) != (labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        batch = []
+        if coords is not None:
+            coords, labels = torch.as_tensor(coords), torch.as_tensor(labels)
+            if coords.dim() != 3 or coords.shape[-1] != 2:
+                raise ValueError(f"point_coords must be (B, N, 2), got {tuple(coords.shape)}")
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"point_labels must be (B, N) = {tuple(coords.shape[:2])} to match point_coords, "
+                    f"got {tuple(labels.shape)}"
+                )
+            if coords.shape[1] == 0:
+                raise ValueError("point_coords is empty: give at least one point, or pass None")
+            if coords.is_floating_point() and not torch.isfinite(coords).all():
+                raise ValueError("point_coords contain NaN or infinite values")
+            if labels.is_floating_point():
+                if not torch.isfinite(labels).all() or (labels != labels.round()).any():
+                    raise ValueError("point_labels must be integers")
+            labels = labels.long()
+            allowed = SAM_LABELS if cfg.family == "sam" else EFFICIENT_SAM_LABELS
+            bad = sorted(set(labels.unique().tolist()) - set(allowed))
+            if bad:
+                hint = " (give boxes with boxes=, not as labelled corner points)" if cfg.family == "sam" else ""
+                raise ValueError(f"point labels {bad} are not valid for this model; allowed {list(allowed)}{hint}")
+            real = labels != -1
+            x, y = coords[..., 0], coords[..., 1]
+            outside = real & ((x < 0) | (x > w) | (y < 0) | (y > h))
+            if outside.any():
+                i = outside.nonzero()[0].tolist()
+                raise ValueError(
+                    f"point {coords[i[0], i[1]].tolist()} lies outside the {w}x{h} image (x in [0, {w}], "
+                    f"y in [0, {h}]); use label -1 for padding points"
+                )
+            if cfg.family == "efficient_sam" and (labels == 0).any():
+                warnings.warn(
+                    "EfficientSAM was not trained with negative points: label 0 adds only the positional "
+                    "encoding, as in the official code",
+                    stacklevel=3,
+                )
+            batch.append(coords.shape[0])
+        if boxes is not None:
+            boxes = torch.as_tensor(boxes)
+            if boxes.dim() == 1:
+                boxes = boxes[None]
+            if boxes.dim() != 2 or boxes.shape[-1] != 4:
+                raise ValueError(f"boxes must be (B, 4) XYXY, got {tuple(boxes.shape)}")
+            if boxes.is_floating_point() and not torch.isfinite(boxes).all():
+                raise ValueError("boxes contain NaN or infinite values")
+            x0, y0, x1, y1 = boxes.unbind(-1)
+            if ((x1 < x0) | (y1 < y0)).any():
+                raise ValueError("inverted box: boxes are (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
+            if ((x0 < 0) | (y0 < 0) | (x1 > w) | (y1 > h)).any():
+                raise ValueError(f"box outside the {w}x{h} image: coordinates must lie in [0, {w}] x [0, {h}]")
+            batch.append(boxes.shape[0])
+        if mask_input is not None:
+            if not cfg.prompt_encoder.mask_prompt:
+                raise ValueError("this model has no mask-prompt input (EfficientSAM decoder); pass mask_input=None")
+            mask_input = torch.as_tensor(mask_input)
+            s = 4 * self.model.prompt_encoder.image_embedding_size[0]
+            if mask_input.dim() != 4 or tuple(mask_input.shape[1:]) != (1, s, s):
+                raise ValueError(f"mask_input must be (B, 1, {s}, {s}) low-res logits, got {tuple(mask_input.shape)}")
+            if not torch.isfinite(mask_input).all():
+                raise ValueError("mask_input contains NaN or infinite values")
+            batch.append(mask_input.shape[0])
+        if not batch:
+            raise ValueError("no prompt given: pass point_coords/point_labels, boxes or mask_input")
+        if len(set(batch)) > 1:
+            raise ValueError(f"prompt batch sizes disagree: {batch} (points, boxes, masks)")
+        if boxes is None and mask_input is None and (labels == -1).all(dim=1).any():
+            raise ValueError("a prompt has only padding points (label -1): give at least one real point or a box")
+        max_points = cfg.prompt_encoder.max_points
+        if max_points is not None:
+            n = (coords.shape[1] if coords is not None else 0) + (2 if boxes is not None else 0)
+            if n > max_points:
+                raise ValueError(
+                    f"this model takes at most {max_points} points per prompt (a box counts as 2), got {n}"
+                )
+        return coords, labels, boxes, mask_input
+
+
+def _array(x, name: str, shape: tuple) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    return arr

@@ -1,0 +1,78 @@
+"""Each family's official pre/post-processing, as plain functions of the config.
+
+SAM: longest side -> img_size (`int(x*s + 0.5)`, PIL bilinear on uint8), normalise on the 0-255
+scale, zero-pad bottom/right; masks: bilinear to img_size, crop, bilinear to the original size.
+EfficientSAM: [0,1] float, bilinear stretch to img_size x img_size (no antialias), normalise;
+points scaled per axis; masks: bicubic straight to the original size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import SamConfig
+
+
+def longest_side_size(h: int, w: int, target: int) -> tuple[int, int]:
+    scale = target * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def input_size(original_size: tuple[int, int], cfg: SamConfig) -> tuple[int, int]:
+    """Size (h, w) of the image content inside the model's img_size x img_size input."""
+    s = cfg.image_encoder.img_size
+    if cfg.resize == "stretch":
+        return s, s
+    return longest_side_size(original_size[0], original_size[1], s)
+
+
+def preprocess(image: np.ndarray, cfg: SamConfig, device: torch.device | str = "cpu") -> torch.Tensor:
+    """HxWx3 uint8 RGB -> (1, 3, S, S) normalised float32 model input."""
+    h, w = image.shape[:2]
+    s = cfg.image_encoder.img_size
+    mean = torch.tensor(cfg.pixel_mean, device=device).view(-1, 1, 1)
+    std = torch.tensor(cfg.pixel_std, device=device).view(-1, 1, 1)
+    if cfg.resize == "stretch":
+        x = torch.as_tensor(image, device=device).permute(2, 0, 1).float().div(255)[None]
+        if (h, w) != (s, s):
+            x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
+        return (x - mean / 255) / (std / 255)
+    nh, nw = longest_side_size(h, w, s)
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+    x = (x - mean) / std
+    return F.pad(x, (0, s - nw, 0, s - nh))
+
+
+def transform_coords(coords: torch.Tensor, original_size: tuple[int, int], cfg: SamConfig) -> torch.Tensor:
+    """(..., 2) (x, y) original-image pixels -> the model's input frame, float32."""
+    h, w = original_size
+    coords = coords.to(torch.float32)
+    s = cfg.image_encoder.img_size
+    if cfg.resize == "stretch":
+        x = torch.where(coords[..., 0] >= 0, coords[..., 0] * s / w, -1.0)
+        y = torch.where(coords[..., 1] >= 0, coords[..., 1] * s / h, -1.0)
+        return torch.stack([x, y], dim=-1)
+    nh, nw = longest_side_size(h, w, s)
+    return torch.stack([coords[..., 0] * (nw / w), coords[..., 1] * (nh / h)], dim=-1)
+
+
+def transform_boxes(boxes: torch.Tensor, original_size: tuple[int, int], cfg: SamConfig) -> torch.Tensor:
+    """(B, 4) XYXY original pixels -> (B, 4) in the input frame."""
+    return transform_coords(boxes.reshape(-1, 2, 2), original_size, cfg).reshape(-1, 4)
+
+
+def postprocess_masks(
+    low_res: torch.Tensor, original_size: tuple[int, int], cfg: SamConfig
+) -> torch.Tensor:
+    """(B, C, 256, 256) logits -> (B, C, H, W) logits at the original size."""
+    if cfg.resize == "stretch":
+        return F.interpolate(low_res, original_size, mode="bicubic", align_corners=False)
+    s = cfg.image_encoder.img_size
+    ih, iw = input_size(original_size, cfg)
+    masks = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+    masks = masks[..., :ih, :iw]
+    return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
