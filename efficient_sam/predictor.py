@@ -114,7 +114,8 @@ class SamPredictor:
             coords = _array(point_coords, "point_coords", (None, 2))[None]
             labels = _array(point_labels, "point_labels", (None,))[None]
         if box is not None:
-            boxes = _array(box, "box", (4,)).reshape(1, 4) if np.size(box) == 4 else None
+            # (4,) or, as in the official notebook, (1, 4)
+            boxes = _array(np.reshape(box, 4), "box", (4,)).reshape(1, 4) if np.size(box) == 4 else None
             if boxes is None:
                 raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {np.shape(box)}")
         if mask_input is not None:
@@ -198,7 +199,7 @@ class SamPredictor:
                 warnings.warn(
                     "EfficientSAM was not trained with negative points: label 0 adds only the positional "
                     "encoding, as in the official code",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             batch.append(coords.shape[0])
         if boxes is not None:

@@ -32,6 +32,8 @@ def input_size(original_size: tuple[int, int], cfg: SamConfig) -> tuple[int, int
 def preprocess(image: np.ndarray, cfg: SamConfig, device: torch.device | str = "cpu") -> torch.Tensor:
     """HxWx3 uint8 RGB -> (1, 3, S, S) normalised float32 model input."""
     h, w = image.shape[:2]
+    if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only buffers
+        image = image.copy()
     s = cfg.image_encoder.img_size
     mean = torch.tensor(cfg.pixel_mean, device=device).view(-1, 1, 1)
     std = torch.tensor(cfg.pixel_std, device=device).view(-1, 1, 1)
@@ -41,7 +43,7 @@ def preprocess(image: np.ndarray, cfg: SamConfig, device: torch.device | str = "
             x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
         return (x - mean / 255) / (std / 255)
     nh, nw = longest_side_size(h, w, s)
-    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
     x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
     x = (x - mean) / std
     return F.pad(x, (0, s - nw, 0, s - nh))
