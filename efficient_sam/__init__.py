@@ -3,11 +3,12 @@
 from .build import build_model, get_config, list_models
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from .hub import from_pretrained
 from .modeling.sam import Sam
 from .predictor import SamPredictor
 
 __all__ = [
-    "build_model", "get_config", "list_models", "load_checkpoint", "CheckpointError",
+    "build_model", "get_config", "list_models", "load_checkpoint", "CheckpointError", "from_pretrained",
     "SamConfig", "ImageEncoderConfig", "PromptEncoderConfig", "MaskDecoderConfig",
     "Sam", "SamPredictor",
 ]

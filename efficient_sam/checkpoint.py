@@ -1,8 +1,10 @@
 """Reading official checkpoint files, converting their key layouts to ours, strict loading.
 
 Our key layout is the official SAM one (`segment_anything` state dicts load unchanged).
-EfficientSAM files (`{"model": state_dict}`) are renamed on load. Files are read with
-`torch.load(weights_only=True)` or safetensors: no pickled code is ever executed.
+EfficientSAM files (`{"model": state_dict}`), transformers `SamModel` files (`facebook/sam-vit-*`)
+and timm `samvit_*` image encoders are renamed on load (`detect_format` tells them apart by their
+keys). Files are read with `torch.load(weights_only=True)` or safetensors: no pickled code is ever
+executed. Hub repos, directories and architecture inference: `efficient_sam.hub`.
 """
 
 from __future__ import annotations
@@ -73,8 +75,23 @@ def to_efficient_sam_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
     return _rename(state_dict, inverse)
 
 
+# Layouts `detect_format` recognises, with how to recognise them (shown in "unknown format" errors).
+KNOWN_FORMATS: dict[str, str] = {
+    "sam": "official segment_anything state dict (.pth; image_encoder.*, prompt_encoder.*, mask_decoder.*) "
+    "- also our own model.safetensors",
+    "efficient_sam": "official EfficientSAM checkpoint (.pt, {'model': state_dict}; "
+    "mask_decoder.final_output_upscaling_layers.*, prompt_encoder.invalid_points.*)",
+    "hq_sam": "HQ-SAM checkpoint (.pth; SAM keys + mask_decoder.hf_token/hf_mlp/compress_vit_feat/...)",
+    "transformers": "Hugging Face transformers SamModel (facebook/sam-vit-*; vision_encoder.*, "
+    "prompt_encoder.shared_embedding.*, mask_decoder.upscale_conv1.*)",
+    "timm_samvit": "timm samvit_* image encoder (timm/samvit_*_patch16.sa1b; blocks.*.mlp.fc1, neck.*, "
+    "no image_encoder. prefix)",
+    "image_encoder": "our image encoder alone (ImageEncoderViT.save_pretrained; blocks.*.mlp.lin1, neck.*)",
+}
+
+
 def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Name the layout of a state dict: 'efficient_sam', 'hq_sam', 'sam' (= ours), or 'unknown'."""
+    """Name the layout of a state dict: one of `KNOWN_FORMATS` ('sam' = ours) or 'unknown'."""
     keys = set(state_dict)
     if "prompt_encoder.invalid_points.weight" in keys or any(
         k.startswith("mask_decoder.final_output_upscaling_layers.") for k in keys
@@ -82,9 +99,117 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
         return "efficient_sam"
     if "mask_decoder.hf_token.weight" in keys:
         return "hq_sam"
+    if any(k.startswith("vision_encoder.") for k in keys) or any(
+        k.startswith(("prompt_encoder.shared_embedding.", "mask_decoder.upscale_conv1.")) for k in keys
+    ):
+        return "transformers"
     if any(k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder.")) for k in keys):
         return "sam"
+    if any(k.startswith("blocks.") for k in keys) and "neck.0.weight" in keys:
+        if any(re.match(r"^blocks\.\d+\.mlp\.fc1\.", k) for k in keys):
+            return "timm_samvit"
+        if any(re.match(r"^blocks\.\d+\.mlp\.lin1\.", k) for k in keys):
+            return "image_encoder"
     return "unknown"
+
+
+# ---- Hugging Face transformers `SamModel` <-> ours (= official SAM), after convert_sam_to_hf.py ----
+# Ours -> transformers, applied in order to every key (substring rules as in the transformers script,
+# then the hypernetwork-MLP indices). Inverse below.
+_TO_TRANSFORMERS = [
+    (r"iou_prediction_head\.layers\.0\.", "iou_prediction_head.proj_in."),
+    (r"iou_prediction_head\.layers\.1\.", "iou_prediction_head.layers.0."),
+    (r"iou_prediction_head\.layers\.2\.", "iou_prediction_head.proj_out."),
+    (r"(output_hypernetworks_mlps\.\d+)\.layers\.0\.", r"\1.proj_in."),
+    (r"(output_hypernetworks_mlps\.\d+)\.layers\.1\.", r"\1.layers.0."),
+    (r"(output_hypernetworks_mlps\.\d+)\.layers\.2\.", r"\1.proj_out."),
+    (r"^mask_decoder\.output_upscaling\.0\.", "mask_decoder.upscale_conv1."),
+    (r"^mask_decoder\.output_upscaling\.1\.", "mask_decoder.upscale_layer_norm."),
+    (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
+    (r"mask_downscaling\.0\.", "mask_embed.conv1."),
+    (r"mask_downscaling\.1\.", "mask_embed.layer_norm1."),
+    (r"mask_downscaling\.3\.", "mask_embed.conv2."),
+    (r"mask_downscaling\.4\.", "mask_embed.layer_norm2."),
+    (r"mask_downscaling\.6\.", "mask_embed.conv3."),
+    (r"\.point_embeddings\.", ".point_embed."),
+    (r"pe_layer\.positional_encoding_gaussian_matrix$", "shared_embedding.positional_embedding"),
+    (r"^image_encoder\.", "vision_encoder."),
+    (r"\.neck\.0\.", ".neck.conv1."),
+    (r"\.neck\.1\.", ".neck.layer_norm1."),
+    (r"\.neck\.2\.", ".neck.conv2."),
+    (r"\.neck\.3\.", ".neck.layer_norm2."),
+    (r"patch_embed\.proj\.", "patch_embed.projection."),
+    (r"\.norm", ".layer_norm"),  # norm1/norm2 (encoder, two-way layers), norm_final_attn
+    (r"^vision_encoder\.blocks\.", "vision_encoder.layers."),
+]
+_FROM_TRANSFORMERS = [
+    (r"iou_prediction_head\.layers\.0\.", "iou_prediction_head.layers.1."),
+    (r"iou_prediction_head\.proj_in\.", "iou_prediction_head.layers.0."),
+    (r"iou_prediction_head\.proj_out\.", "iou_prediction_head.layers.2."),
+    (r"(output_hypernetworks_mlps\.\d+)\.layers\.0\.", r"\1.layers.1."),
+    (r"(output_hypernetworks_mlps\.\d+)\.proj_in\.", r"\1.layers.0."),
+    (r"(output_hypernetworks_mlps\.\d+)\.proj_out\.", r"\1.layers.2."),
+    (r"^mask_decoder\.upscale_conv1\.", "mask_decoder.output_upscaling.0."),
+    (r"^mask_decoder\.upscale_layer_norm\.", "mask_decoder.output_upscaling.1."),
+    (r"^mask_decoder\.upscale_conv2\.", "mask_decoder.output_upscaling.3."),
+    (r"mask_embed\.conv1\.", "mask_downscaling.0."),
+    (r"mask_embed\.layer_norm1\.", "mask_downscaling.1."),
+    (r"mask_embed\.conv2\.", "mask_downscaling.3."),
+    (r"mask_embed\.layer_norm2\.", "mask_downscaling.4."),
+    (r"mask_embed\.conv3\.", "mask_downscaling.6."),
+    (r"\.point_embed\.", ".point_embeddings."),
+    (r"shared_embedding\.positional_embedding$", "pe_layer.positional_encoding_gaussian_matrix"),
+    (r"^vision_encoder\.layers\.", "image_encoder.blocks."),
+    (r"^vision_encoder\.", "image_encoder."),
+    (r"\.neck\.conv1\.", ".neck.0."),
+    (r"\.neck\.layer_norm1\.", ".neck.1."),
+    (r"\.neck\.conv2\.", ".neck.2."),
+    (r"\.neck\.layer_norm2\.", ".neck.3."),
+    (r"patch_embed\.projection\.", "patch_embed.proj."),
+    (r"\.layer_norm", ".norm"),
+]
+# transformers keeps the prompt encoder's Fourier matrix twice (tied): this top-level copy is dropped.
+TRANSFORMERS_SHARED_PE = "shared_image_embedding.positional_embedding"
+_OUR_PE = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+
+
+def to_transformers_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our (official SAM) keys -> transformers `SamModel` keys, incl. the duplicated shared embedding."""
+    out = _rename(state_dict, _TO_TRANSFORMERS)
+    if _OUR_PE in state_dict:
+        out[TRANSFORMERS_SHARED_PE] = state_dict[_OUR_PE]
+    return out
+
+
+def from_transformers_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers `SamModel` keys -> ours. The tied `shared_image_embedding` copy is dropped (it
+    stands in for the prompt encoder's matrix when a file only kept that copy)."""
+    sd = dict(state_dict)
+    shared = sd.pop(TRANSFORMERS_SHARED_PE, None)
+    out = _rename(sd, _FROM_TRANSFORMERS)
+    if shared is not None:
+        mine = out.get(_OUR_PE)
+        if mine is None:
+            out[_OUR_PE] = shared
+        elif mine.shape != shared.shape or not torch.equal(mine, shared):
+            raise CheckpointError(
+                f"inconsistent transformers checkpoint: {TRANSFORMERS_SHARED_PE} differs from "
+                f"prompt_encoder.shared_embedding.positional_embedding (they are tied in SamModel)"
+            )
+    return out
+
+
+def from_timm_samvit_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm `samvit_*` keys -> our image-encoder keys (no `image_encoder.` prefix; mlp.fc* -> mlp.lin*)."""
+    return _rename(state_dict, [(r"^(blocks\.\d+\.mlp)\.fc([12])\.", r"\1.lin\2.")])
+
+
+def to_timm_samvit_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our image-encoder keys (with or without `image_encoder.`) -> timm `samvit_*` keys."""
+    sd = {k[len("image_encoder."):]: v for k, v in state_dict.items() if k.startswith("image_encoder.")} or dict(
+        state_dict
+    )
+    return _rename(sd, [(r"^(blocks\.\d+\.mlp)\.lin([12])\.", r"\1.fc\2.")])
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -115,19 +240,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def to_our_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert a whole-model state dict (official SAM, EfficientSAM or transformers layout) to ours."""
     fmt = detect_format(state_dict)
     if fmt == "efficient_sam":
         return from_efficient_sam_layout(state_dict)
+    if fmt == "transformers":
+        return from_transformers_layout(state_dict)
     if fmt == "hq_sam":
         raise CheckpointError(
             "this is an HQ-SAM checkpoint (it has mask_decoder.hf_token); load it with "
-            "hq_adapter.build_hq_model(..., checkpoint=...) instead of a plain SAM model"
+            "efficient_sam.from_pretrained(...) or hq_adapter.build_hq_model(..., checkpoint=...) instead of a "
+            "plain SAM model"
         )
     return dict(state_dict)
 
 
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise CheckpointError naming missing keys, unexpected keys and shape conflicts, if any."""
+def check_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", layout: str | None = None
+) -> None:
+    """Raise CheckpointError naming missing keys, unexpected keys and shape conflicts, if any.
+
+    `layout`: the file's original format, for the message (default: detected from `state_dict`)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -152,7 +285,7 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], s
         msg.append(f"  shape conflicts ({len(shapes)}):{show(shapes)}")
     family = getattr(getattr(model, "config", None), "family", None)
     if family is not None:
-        msg.append(f"  (model family {family!r}; the file looks like the {detect_format(state_dict)!r} layout)")
+        msg.append(f"  (model family {family!r}; the file looks like the {layout or detect_format(state_dict)!r} layout)")
     raise CheckpointError("\n".join(msg))
 
 

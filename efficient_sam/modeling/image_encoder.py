@@ -7,6 +7,8 @@ Tokens are channels-last: (B, H, W, C) on the 2-D grid, or (B, N, C) for token s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,7 @@ from timm.layers import DropPath
 
 from ..config import ImageEncoderConfig
 from .common import LayerNorm2d, MLPBlock
+from .hub_mixin import StrictHubMixin, hub_kwargs
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -69,7 +72,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) or, without relative position, (B, N, C)."""
         shape = x.shape
-        B, C = shape[0], shape[-1]
+        B = shape[0]
         qkv = self.qkv(x).reshape(B, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
         bias = None
@@ -166,11 +169,19 @@ def resize_pos_embed_grid(pos: torch.Tensor, size: tuple[int, int], antialias: b
     return out.permute(0, 2, 3, 1)
 
 
-class ImageEncoderViT(nn.Module):
-    """(B, 3, S, S) normalised image -> (B, out_chans, S/16, S/16) embedding."""
+class ImageEncoderViT(nn.Module, StrictHubMixin, **hub_kwargs()):
+    """(B, 3, S, S) normalised image -> (B, out_chans, S/16, S/16) embedding.
+
+    Also a model on its own (e.g. a SAMI teacher loaded from `timm/samvit_*`): `save_pretrained(dir)`
+    writes config.json (the `ImageEncoderConfig`) + model.safetensors, loaded back by
+    `efficient_sam.from_pretrained(dir)`.
+    """
 
     def __init__(self, cfg: ImageEncoderConfig) -> None:
         super().__init__()
+        if isinstance(cfg, dict):
+            cfg = ImageEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+        self._hub_mixin_config = cfg  # what save_pretrained writes to config.json
         self.cfg = cfg
         self.img_size = cfg.img_size
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
@@ -202,6 +213,19 @@ class ImageEncoderViT(nn.Module):
             nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(cfg.out_chans),
         )
+
+    def _model_card_info(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            **super()._model_card_info(),
+            "title": "SAM-style ViT image encoder",
+            "architecture": "image encoder (ImageEncoderViT)",
+            "description": "The image encoder of a Segment Anything model alone (patch embedding, ViT blocks, "
+            "256-channel neck), e.g. a frozen SAMI distillation teacher.",
+            "config_summary": f"embed_dim {cfg.embed_dim}, depth {cfg.depth}, heads {cfg.num_heads}, "
+            f"window {cfg.window_size}, global blocks {list(cfg.global_attn_indexes)}, input {cfg.img_size}px",
+            "usage": "embedding = model(images)  # (B, 3, 1024, 1024) normalised -> (B, 256, 64, 64)",
+        }
 
     def pos_embed_at(self, size: tuple[int, int]) -> torch.Tensor:
         """Absolute position embedding for an (h, w) token grid: (1, h, w, C)."""
