@@ -25,7 +25,8 @@ class PositionEmbeddingRandom(nn.Module):
 
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
         coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix
+        # fp32 even in a bf16/fp16 model: low-precision coordinates would scramble the sin/cos phases.
+        coords = coords.float() @ self.positional_encoding_gaussian_matrix.float()
         coords = 2 * np.pi * coords
         return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
 
@@ -130,7 +131,8 @@ class PromptEncoder(nn.Module):
             elif n < max_points:
                 c = torch.cat([c, c.new_full((bs, max_points - n, 2), -1.0)], dim=1)
                 lab = torch.cat([lab, lab.new_full((bs, max_points - n), -1)], dim=1)
-        elif boxes is None:
+        elif boxes is None and coords is not None:
+            # SAM pads only point prompts without a box; a mask-only prompt has no sparse tokens at all.
             c = torch.cat([c, c.new_zeros(bs, 1, 2) - 0.5], dim=1)  # SAM's (0, 0) pad, before the +0.5 shift
             lab = torch.cat([lab, lab.new_full((bs, 1), -1)], dim=1)
         sparse = self.embed_points(c, lab)

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 from torch import nn
 
-from ..config import SamConfig
+from ..config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from .hub_mixin import StrictHubMixin, hub_kwargs
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
 
-class Sam(nn.Module):
+class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
     """SAM (ViT-H/L/B) or EfficientSAM (ViT-Ti/S), selected by `config`.
 
     Coordinates given to `decode` are in the model's input frame (`img_size` pixels, after the
     family's resize); `efficient_sam.transforms` maps original-image coordinates there.
+
+    Hub: `save_pretrained(dir)` writes config.json (the full `SamConfig`), model.safetensors and a
+    model card; `push_to_hub(repo_id)` uploads them; `Sam.from_pretrained(...)` loads strictly
+    (= `efficient_sam.from_pretrained`, restricted to `Sam`).
     """
 
     def __init__(self, config: SamConfig) -> None:
         super().__init__()
+        config = _as_sam_config(config)
+        self._hub_mixin_config = config  # what save_pretrained writes to config.json
         if config.family not in ("sam", "efficient_sam"):
             raise ValueError(f"unknown model family {config.family!r}; expected 'sam' or 'efficient_sam'")
         if config.resize not in ("longest_side", "stretch"):
@@ -37,6 +47,24 @@ class Sam(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def _model_card_info(self) -> dict[str, Any]:
+        from ..hub import config_name
+
+        cfg, enc = self.config, self.config.image_encoder
+        name = config_name(cfg)
+        family = "EfficientSAM" if cfg.family == "efficient_sam" else "SAM"
+        return {
+            **super()._model_card_info(),
+            "title": f"{family} {name}" if name else f"{family} (custom configuration)",
+            "architecture": name or f"custom {cfg.family}",
+            "description": f"A promptable segmentation model ({family} architecture): ViT image encoder, "
+            "prompt encoder and mask decoder.",
+            "config_summary": f"family {cfg.family}, encoder embed_dim {enc.embed_dim}, depth {enc.depth}, "
+            f"heads {enc.num_heads}, input {enc.img_size}px, resize {cfg.resize}",
+            "usage": "predictor = es.SamPredictor(model)\npredictor.set_image(image)  # HxWx3 uint8 RGB\n"
+            "masks, iou, low_res = predictor.predict(point_coords=[[500, 375]], point_labels=[1])",
+        }
 
     @property
     def img_size(self) -> int:
@@ -66,8 +94,11 @@ class Sam(nn.Module):
         """
         batch = next((t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None), None)
         sparse, dense = self.prompt_encoder(point_coords, point_labels, boxes, mask_input, batch_size=batch)
+        # The Fourier PE is computed in fp32; a bf16/fp16 model gets its prompt tokens in its own dtype.
+        dtype = image_embeddings.dtype
         return self.mask_decoder(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+            image_embeddings, self.prompt_encoder.get_dense_pe().to(dtype), sparse.to(dtype),
+            None if dense is None else dense.to(dtype), multimask_output,
         )
 
     def forward(
@@ -83,3 +114,24 @@ class Sam(nn.Module):
         return self.decode(
             self.encode_image(images), point_coords, point_labels, boxes, mask_input, multimask_output
         )
+
+
+def _as_sam_config(config: SamConfig | dict) -> SamConfig:
+    """Accept a `SamConfig`, its `to_dict()`, or a SamConfig whose sub-configs are still dicts (what the
+    Hub mixin's dataclass decoder produces)."""
+    if isinstance(config, dict):
+        return SamConfig.from_dict(config)
+    if not isinstance(config, SamConfig):
+        raise TypeError(f"config must be a SamConfig (or its dict), got {type(config).__name__}")
+    subs = (
+        (config.image_encoder, ImageEncoderConfig),
+        (config.prompt_encoder, PromptEncoderConfig),
+        (config.mask_decoder, MaskDecoderConfig),
+    )
+    if all(isinstance(v, t) for v, t in subs):
+        return config
+    d = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        d[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+    return SamConfig.from_dict(d)
