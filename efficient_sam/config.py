@@ -6,6 +6,7 @@ prompt-token handling, two-way self-attention, position-embedding layout) is one
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,3 +130,17 @@ def apply_overrides(cfg: SamConfig, **overrides: Any) -> SamConfig:
             )
         setattr(target, name, tuple(value) if isinstance(value, list) else value)
     return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"key=value"` from a command line -> (key, value). The value is read as a Python/JSON literal
+    (`2`, `0.5`, `true`, `[1, 3]`, `(1, 3)`), lists become tuples, anything else stays a string."""
+    if "=" not in text:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    literal = {"true": "True", "false": "False", "null": "None"}.get(value.strip(), value)
+    try:
+        parsed = ast.literal_eval(literal)
+    except (ValueError, SyntaxError):
+        parsed = value  # a bare string such as gelu
+    return key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed
