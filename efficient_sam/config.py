@@ -39,6 +39,11 @@ class ImageEncoderConfig:
     def grid_size(self) -> int:
         return self.img_size // self.patch_size
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ImageEncoderConfig":
+        """From `dataclasses.asdict` / JSON (lists back to tuples)."""
+        return cls(**_tuples(d))
+
 
 @dataclass
 class PromptEncoderConfig:
@@ -96,7 +101,7 @@ class SamConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SamConfig":
         d = dict(d)
-        enc = ImageEncoderConfig(**_tuples(d.pop("image_encoder", {})))
+        enc = ImageEncoderConfig.from_dict(d.pop("image_encoder", {}))
         pe = PromptEncoderConfig(**d.pop("prompt_encoder", {}))
         md = MaskDecoderConfig(**d.pop("mask_decoder", {}))
         known = {f.name for f in dataclasses.fields(cls)}

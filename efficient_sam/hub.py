@@ -272,7 +272,7 @@ def _encoder_config(src: _Source, model: str | None, overrides: dict) -> tuple[I
         return get_config(model, **overrides).image_encoder, f"{model} image encoder"
     if _config_kind(src.config) == "image_encoder":
         try:
-            enc = ImageEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in src.config.items()})
+            enc = ImageEncoderConfig.from_dict(src.config)
         except TypeError as e:
             raise CheckpointError(f"{src.label}: its config.json is not a valid ImageEncoderConfig ({e})") from e
         if overrides:

@@ -180,7 +180,7 @@ class ImageEncoderViT(nn.Module, StrictHubMixin, **hub_kwargs()):
     def __init__(self, cfg: ImageEncoderConfig) -> None:
         super().__init__()
         if isinstance(cfg, dict):
-            cfg = ImageEncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+            cfg = ImageEncoderConfig.from_dict(cfg)
         self._hub_mixin_config = cfg  # what save_pretrained writes to config.json
         self.cfg = cfg
         self.img_size = cfg.img_size

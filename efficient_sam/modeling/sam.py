@@ -130,8 +130,4 @@ def _as_sam_config(config: SamConfig | dict) -> SamConfig:
     )
     if all(isinstance(v, t) for v, t in subs):
         return config
-    d = {}
-    for f in dataclasses.fields(config):
-        v = getattr(config, f.name)
-        d[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-    return SamConfig.from_dict(d)
+    return SamConfig.from_dict(dataclasses.asdict(config))  # asdict also walks the sub-config dicts
