@@ -63,12 +63,15 @@ def build_model(
     name: str | SamConfig,
     checkpoint: str | os.PathLike | None = None,
     device: torch.device | str | None = None,
+    encoder_checkpoint: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Sam:
     """Build a registered model (random init unless `checkpoint`), in eval mode.
 
     `checkpoint` is an official SAM `.pth`, EfficientSAM `.pt` (`{"model": state_dict}`) or a
     `.safetensors` state dict; it is converted to our layout and loaded strictly.
+    `encoder_checkpoint` loads only the image encoder, strictly, from any `from_pretrained` source
+    holding an image encoder or a whole model (e.g. a SAMI run's `final/`).
     """
     cfg = name if isinstance(name, SamConfig) else get_config(name, **overrides)
     model = Sam(cfg)
@@ -76,6 +79,23 @@ def build_model(
         from .checkpoint import load_checkpoint
 
         load_checkpoint(model, checkpoint)
+    if encoder_checkpoint is not None:
+        load_encoder_weights(model.image_encoder, encoder_checkpoint)
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def load_encoder_weights(encoder: torch.nn.Module, source: str | os.PathLike) -> None:
+    """Load `source`'s image encoder into `encoder`, strictly (errors name missing/unexpected keys)."""
+    from .checkpoint import check_state_dict
+    from .hub import from_pretrained
+    from .modeling.image_encoder import ImageEncoderViT
+
+    net = from_pretrained(source)
+    src = net if isinstance(net, ImageEncoderViT) else getattr(net, "image_encoder", None)
+    if not isinstance(src, ImageEncoderViT):
+        raise TypeError(f"{source}: holds no image encoder ({type(net).__name__})")
+    sd = src.state_dict()
+    check_state_dict(encoder, sd, f"image encoder of {source}")
+    encoder.load_state_dict(sd)

@@ -237,10 +237,14 @@ class ImageEncoderViT(nn.Module, StrictHubMixin, **hub_kwargs()):
         g = self.pos_embed.shape[1]
         return resize_pos_embed_grid(self.pos_embed, size, antialias=size[0] < g)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patchify + absolute position embedding: (B, 3, H, W) -> (B, H/16, W/16, C) tokens."""
+        x = self.patch_embed(x)
+        return x + self.pos_embed_at((x.shape[1], x.shape[2]))
+
     def forward_tokens(self, x: torch.Tensor, return_indices: tuple[int, ...] = ()) -> tuple[torch.Tensor, list]:
         """Patchify + blocks: (B, h, w, C) pre-neck tokens and the outputs of blocks in `return_indices`."""
-        x = self.patch_embed(x)
-        x = x + self.pos_embed_at((x.shape[1], x.shape[2]))
+        x = self.embed(x)
         intermediates = []
         for i, blk in enumerate(self.blocks):
             x = blk(x)
