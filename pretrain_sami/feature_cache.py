@@ -9,7 +9,7 @@ changes every epoch. Layout of `cache.dir`:
                                     "boxes" (n, 4) int32 crop (left, top, w, h), "flips" (n,) uint8
 
 Global row id = view * num_images + image index. Size: N x D x 2 bytes per view (196 x 1280 x 2 =
-490 KiB for ViT-H pre-neck at 224 px; 627 GB per view of ImageNet-1k).
+490 KiB for ViT-H pre-neck at 224 px; 643 GB (599 GiB) per view of ImageNet-1k).
 """
 
 from __future__ import annotations

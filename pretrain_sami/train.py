@@ -100,8 +100,13 @@ class SamiTask(Task):
         tdtype = {"auto": torch.bfloat16 if acc.device.type == "cuda" else None, "bf16": torch.bfloat16, "fp32": None}
         if cfg.teacher.dtype not in tdtype:
             raise ConfigError(f"teacher.dtype must be auto, bf16 or fp32, not {cfg.teacher.dtype!r}")
-        enc = load_teacher_encoder(cfg.teacher.model, cfg.teacher.checkpoint, cfg.teacher.overrides)
-        self.teacher = Teacher(enc, cfg.teacher.target, tdtype[cfg.teacher.dtype]).to(acc.device)
+        if cfg.data.input_size % 16:
+            raise ConfigError(f"data.input_size must be a multiple of the 16-px patch, got {cfg.data.input_size}")
+        try:  # unknown model name or override, wrong target, a checkpoint that does not fit
+            enc = load_teacher_encoder(cfg.teacher.model, cfg.teacher.checkpoint, cfg.teacher.overrides)
+            self.teacher = Teacher(enc, cfg.teacher.target, tdtype[cfg.teacher.dtype]).to(acc.device)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"teacher: {e}") from e
         self.grid = cfg.data.input_size // enc.cfg.patch_size
         n_tok = self.grid**2
         with acc.main_process_first():
@@ -145,7 +150,10 @@ class SamiTask(Task):
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
-        encoder = es.get_config(cfg.student.model, **cfg.student.overrides).image_encoder
+        try:
+            encoder = es.get_config(cfg.student.model, **cfg.student.overrides).image_encoder
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"student: {e}") from e
         student = ImageEncoderViT(encoder)
         model = SAMI(
             student, self.teacher.dim, self.grid, cfg.model.mask_ratio, cfg.model.decoder_dim,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -325,6 +326,15 @@ def test_gradient_accumulation_matches_large_batch(tmp_path, teacher_dir):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
 
 
+def test_streaming_run_trains(tmp_path, teacher_dir):
+    out = tmp_path / "s"
+    run_sami(out, teacher_dir, *TINY, "data.streaming=true", "data.num_train_examples=50", "train.max_steps=null", "train.epochs=2")
+    rows = [r for r in read_metrics(out) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 13))  # 50 // 8 = 6 steps per epoch
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert (out / "final" / "model.safetensors").is_file()
+
+
 def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path, teacher_dir):
     run_sami(tmp_path / "r", teacher_dir, *TINY, "train.max_steps=2")
     with pytest.raises(TrainingError, match="resume=auto"):
@@ -385,6 +395,27 @@ def test_two_process_cpu_run_matches_one_process(tmp_path, teacher_dir):
 
 # ------------------------------------------------------------------------------------------------
 # Configs
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("student.overrides={encoder_dept: 2}", "student: .*unknown override 'encoder_dept'"),
+        ("teacher.model=sam_vit_x", "teacher: .*unknown model 'sam_vit_x'"),
+        ("data.input_size=200", "multiple of the 16-px patch"),
+        ("teacher.target=middle", "teacher.target must be one of"),
+    ],
+)
+def test_bad_sami_config_is_a_clear_error(tmp_path, override, message, capsys):
+    from pretrain_sami.train import main
+
+    AcceleratorState._reset_state(True)
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(["--config", str(SMOKE), f"output_dir={tmp_path}", f"data.train={GRABCUT / 'images'}", "data.val=null", override])
+    finally:
+        AcceleratorState._reset_state(True)
+    assert re.search(message, str(e.value)), e.value
 
 
 def test_paper_configs_resolve_to_the_recipe():
