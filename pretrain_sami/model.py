@@ -38,7 +38,8 @@ class SAMI(nn.Module):
     ) -> None:
         super().__init__()
         cfg = encoder.cfg
-        if cfg.window_size > 0 and len(cfg.global_attn_indexes) < cfg.depth or cfg.use_rel_pos:
+        windowed = cfg.window_size > 0 and len(cfg.global_attn_indexes) < cfg.depth
+        if windowed or cfg.use_rel_pos:
             raise ValueError("the SAMI student must be a plain ViT (global attention, no relative position)")
         self.encoder = encoder
         self.encoder.neck.requires_grad_(False)

@@ -115,7 +115,8 @@ class SamiTask(Task):
         self.val = (
             EvalViews(val_hf, cfg.data.input_size, n_tok, cfg.seed, cfg.data.max_val_images) if val_hf is not None else None
         )
-        self._val_targets: list[torch.Tensor] | None = None
+        # The teacher is frozen: its held-out tokens are computed at the first evaluation and kept (fp16).
+        self._val_targets: list[torch.Tensor | None] = [None] * (len(self.val) if self.val is not None else 0)
         view_kw = dict(scale=cfg.data.scale, ratio=cfg.data.ratio, hflip=cfg.data.hflip)
         if cfg.cache.enabled:
             if cfg.data.streaming:
@@ -190,8 +191,6 @@ class SamiTask(Task):
         centre views and masks): over all tokens and over the masked tokens only."""
         if self.val is None or len(self.val) == 0:
             return {}
-        if self._val_targets is None:  # the teacher is frozen: its held-out tokens never change
-            self._val_targets = [None] * len(self.val)
         sums = torch.zeros(4, device=acc.device, dtype=torch.float64)  # sq err, cos all, cos masked, count
         mine = list(range(acc.process_index, len(self.val), acc.num_processes))
         bs = self.cfg.train.batch_size

@@ -305,6 +305,7 @@ def train(cfg: RunConfig, task: Task) -> Path:
     sums: dict[str, torch.Tensor] = {}
     n_micro = 0
     nonfinite = torch.zeros(1, device=acc.device)
+    local_counts: dict[str, int] = {}
     t_log, samples_log = time.perf_counter(), state.samples
     stop_at = total if tcfg.stop_after is None else min(total, state.step + tcfg.stop_after)
     bar = tqdm(total=total, initial=state.step, disable=not acc.is_local_main_process, desc="train", dynamic_ncols=True)
@@ -347,10 +348,16 @@ def train(cfg: RunConfig, task: Task) -> Path:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             for k, v in counts.items():
-                state.counts[k] = state.counts.get(k, 0) + int(acc.reduce(torch.tensor(v, device=acc.device), "sum"))
+                local_counts[k] = local_counts.get(k, 0) + v
             state.samples += tcfg.batch_size * world
             if not acc.sync_gradients:
                 continue
+            if local_counts:  # one collective per optimizer step, not per micro-batch
+                keys = sorted(local_counts)
+                summed = acc.reduce(torch.tensor([local_counts[k] for k in keys], device=acc.device), "sum")
+                for k, v in zip(keys, summed.tolist()):
+                    state.counts[k] = state.counts.get(k, 0) + int(v)
+                local_counts = {}
             state.step += 1
             bar.update(1)
             if state.step % tcfg.log_every == 0 or state.step == stop_at:
