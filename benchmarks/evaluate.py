@@ -80,7 +80,7 @@ class PredictorModel:
         from efficient_sam import SamPredictor
 
         self.model = model
-        self.family = model.config.family
+        self.family = model.config.decoder_family  # decides which output is scored
         self.predictor = SamPredictor(model)
         self._image = None
 

@@ -95,6 +95,12 @@ class SamConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     mask_threshold: float = 0.0
 
+    @property
+    def decoder_family(self) -> str:
+        """Whose prompt encoder + mask decoder this is: "sam" or "efficient_sam" (independent of the
+        encoder and pre-processing, e.g. an EfficientSAM fine-tuned with SAM's decoder)."""
+        return "efficient_sam" if self.mask_decoder.two_way_style == "efficient_sam" else "sam"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

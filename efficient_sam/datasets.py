@@ -29,7 +29,7 @@ from PIL import Image
 
 __all__ = [
     "rle_decode", "rle_encode", "rle_from_string", "rle_to_string", "polygons_to_mask", "segmentation_to_mask",
-    "mask_to_box", "ObjectRecord", "ImageRecord", "read_mask_folder", "read_coco", "read_sa1b",
+    "mask_to_box", "ObjectRecord", "ImageRecord", "read_mask_folder", "read_coco", "read_sa1b", "sa1b_record",
     "detect_layout", "open_dataset", "IMAGE_EXTENSIONS",
 ]
 
@@ -414,7 +414,10 @@ class _TarReader:
         return {"path": self.path, "_pid": None, "_tar": None}
 
 
-def _sa1b_record(image_id: str, path: str, read_image: Callable[[], np.ndarray], read_json: Callable[[], dict]):
+def sa1b_record(
+    image_id: str, path: str, read_image: Callable[[], np.ndarray], read_json: Callable[[], dict]
+) -> ImageRecord:
+    """One SA-1B image from its JSON (parsed now) and a lazy image reader; masks decode on demand."""
     meta = read_json()
     info = meta.get("image", {})
     h, w = info.get("height"), info.get("width")
@@ -443,7 +446,7 @@ def read_sa1b(root: str | os.PathLike) -> list[ImageRecord]:
             img = next((js.with_suffix(e) for e in (".jpg", ".jpeg", ".png") if js.with_suffix(e).exists()), None)
             if img is None:
                 continue
-            records.append(_sa1b_record(
+            records.append(sa1b_record(
                 js.stem, str(img), (lambda p=img: _read_rgb(p)), (lambda p=js: json.loads(p.read_text()))
             ))
     for t in tars:
@@ -455,7 +458,7 @@ def read_sa1b(root: str | os.PathLike) -> list[ImageRecord]:
             img = next((stem + e for e in (".jpg", ".jpeg", ".png") if stem + e in names), None)
             if img is None:
                 continue
-            records.append(_sa1b_record(
+            records.append(sa1b_record(
                 Path(stem).name, f"{t}:{img}",
                 (lambda r=reader, n=img: _read_rgb(io.BytesIO(r.read(n)))),
                 (lambda r=reader, n=name: json.loads(r.read(n))),

@@ -181,10 +181,10 @@ class SamPredictor:
                 if not torch.isfinite(labels).all() or (labels != labels.round()).any():
                     raise ValueError("point_labels must be integers")
             labels = labels.long()
-            allowed = SAM_LABELS if cfg.family == "sam" else EFFICIENT_SAM_LABELS
+            allowed = SAM_LABELS if cfg.decoder_family == "sam" else EFFICIENT_SAM_LABELS
             bad = sorted(set(labels.unique().tolist()) - set(allowed))
             if bad:
-                hint = " (give boxes with boxes=, not as labelled corner points)" if cfg.family == "sam" else ""
+                hint = " (give boxes with boxes=, not as labelled corner points)" if cfg.decoder_family == "sam" else ""
                 raise ValueError(f"point labels {bad} are not valid for this model; allowed {list(allowed)}{hint}")
             real = labels != -1
             x, y = coords[..., 0], coords[..., 1]
@@ -195,7 +195,7 @@ class SamPredictor:
                     f"point {coords[i[0], i[1]].tolist()} lies outside the {w}x{h} image (x in [0, {w}], "
                     f"y in [0, {h}]); use label -1 for padding points"
                 )
-            if cfg.family == "efficient_sam" and (labels == 0).any():
+            if cfg.decoder_family == "efficient_sam" and (labels == 0).any():
                 warnings.warn(
                     "EfficientSAM was not trained with negative points: label 0 adds only the positional "
                     "encoding, as in the official code",

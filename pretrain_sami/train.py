@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +14,9 @@ from torch import nn
 
 import efficient_sam as es
 from efficient_sam.modeling.image_encoder import ImageEncoderViT
-from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig, load_config
-from efficient_sam.training.engine import Task, TrainingError, train
+from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig
+from efficient_sam.training.engine import Task
+from efficient_sam.training.engine import main as engine_main
 
 from .data import EvalViews, ImageFolderViews, StreamingImageViews, collate, open_image_folder
 from .feature_cache import CachedViews, CacheMismatchError, build_cache, weights_digest
@@ -233,15 +232,7 @@ class SamiTask(Task):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", help="YAML config (pretrain_sami/configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.max_steps=100 data.train=DIR")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(SamiConfig, args.config, args.overrides)
-        train(cfg, SamiTask(cfg))
-    except (ConfigError, TrainingError) as e:
-        sys.exit(f"error: {e}")
+    engine_main(SamiConfig, SamiTask, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +71,30 @@ def rel_err(a, b) -> float:
     b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def launch(module: str, args: list[str], nproc: int, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`accelerate launch -m module args` with `nproc` CPU processes (gloo), as a user would run it."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "0", "--num_processes", str(nproc)]
+    if nproc > 1:
+        cmd.append("--multi_gpu")
+    return subprocess.run([*cmd, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_training(config_cls: type, task_cls: type, config: Path, overrides: list[str]):
+    """Train in this process (as `python -m <trainer>.train --config config overrides` does) and
+    return the task; accelerate's global state is reset around the run."""
+    from accelerate.state import AcceleratorState
+
+    from efficient_sam.training import load_config, train
+
+    AcceleratorState._reset_state(True)
+    cfg = load_config(config_cls, config, overrides)
+    task = task_cls(cfg)
+    try:
+        train(cfg, task)
+    finally:
+        AcceleratorState._reset_state(True)
+    return task

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
+import subprocess  # noqa: F401 - CompletedProcess in annotations
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -18,7 +15,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import efficient_sam as es
-from efficient_sam.training import TrainingError, list_checkpoints, load_config, train
+from efficient_sam.training import TrainingError, list_checkpoints, load_config
 from pretrain_sami.cross_attention_decoder import sincos_pos_embed_2d
 from pretrain_sami.data import ImageFolderViews, StreamingImageViews, collate, open_image_folder
 from pretrain_sami.feature_cache import CachedViews
@@ -27,7 +24,7 @@ from pretrain_sami.model import SAMI
 from pretrain_sami.teacher import Teacher
 from pretrain_sami.train import SamiConfig, SamiTask
 
-from helpers import GRABCUT, PHOTOS, ROOT, randomize_
+from helpers import GRABCUT, PHOTOS, ROOT, launch, randomize_, run_training
 
 SMOKE = ROOT / "pretrain_sami" / "configs" / "smoke.yaml"
 TEACHER_OVERRIDES = {"encoder_depth": 2, "encoder_embed_dim": 192, "encoder_num_heads": 3, "encoder_global_attn_indexes": (1,)}
@@ -51,19 +48,9 @@ def teacher_dir(tmp_path_factory) -> Path:
 
 
 def run_sami(out: Path, teacher: Path, *overrides: str) -> SamiTask:
-    """Train in this process (as `python -m pretrain_sami.train` does) and return the task."""
-    AcceleratorState._reset_state(True)
-    cfg = load_config(
-        SamiConfig,
-        SMOKE,
-        [f"output_dir={out}", f"teacher.checkpoint={teacher}", f"data.train={GRABCUT / 'images'}", f"data.val={PHOTOS}", *overrides],
-    )
-    task = SamiTask(cfg)
-    try:
-        train(cfg, task)
-    finally:
-        AcceleratorState._reset_state(True)
-    return task
+    return run_training(SamiConfig, SamiTask, SMOKE, [
+        f"output_dir={out}", f"teacher.checkpoint={teacher}", f"data.train={GRABCUT / 'images'}", f"data.val={PHOTOS}", *overrides
+    ])
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -369,12 +356,7 @@ def test_feature_cache_matches_teacher_and_is_reused(tmp_path, teacher_dir):
 
 
 def _launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "0", "--num_processes", str(nproc)]
-    if nproc > 1:
-        cmd.append("--multi_gpu")
-    return subprocess.run([*cmd, "-m", "pretrain_sami.train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return launch("pretrain_sami.train", args, nproc)
 
 
 def test_two_process_cpu_run_matches_one_process(tmp_path, teacher_dir):

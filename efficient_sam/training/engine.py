@@ -408,3 +408,23 @@ def train(cfg: RunConfig, task: Task) -> Path:
     acc.wait_for_everyone()
     acc.end_training()
     return out
+
+
+def main(config_cls: type, task_cls: type, description: str, argv: list[str] | None = None) -> None:
+    """A trainer's command line: `--config FILE key.sub=value ...`; config and training errors end
+    the process with their message (no traceback)."""
+    import argparse
+    import sys
+
+    from .config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML config (<package>/configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.max_steps=100 data.train=DIR")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(config_cls, args.config, args.overrides)
+        train(cfg, task_cls(cfg))
+    except (ConfigError, TrainingError) as e:
+        sys.exit(f"error: {e}")
+
