@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from efficient_sam.checkpoint import CheckpointError
 from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig
 from efficient_sam.training.engine import Task
 from efficient_sam.training.engine import main as engine_main
@@ -93,7 +94,7 @@ class FinetuneTask(Task):
         try:
             sam = build_finetune_model(self.cfg.model)
             return InteractiveSam(sam, self.cfg.prompt, self.cfg.loss)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OSError, CheckpointError) as e:  # incl. a file that does not fit
             raise ConfigError(f"model: {e}") from e
 
     def train_dataset(self):

@@ -420,6 +420,8 @@ def test_two_process_cpu_run_trains(tmp_path):
         ("data.train=/nonexistent", "data.train: .*does not exist"),
         ("data.eval_prompts=[scribble]", "unknown prompt 'scribble'"),
         ("data.streaming=true", "streaming=true needs SA-1B data"),
+        ("model.encoder_init=/nonexistent/final", "model: .*/nonexistent/final"),
+        ("prompt.multimask=sometimes", "prompt.multimask must be auto, ambiguous or always"),
     ],
 )
 def test_bad_finetune_config_is_a_clear_error(tmp_path, override, message):
