@@ -14,6 +14,12 @@ synchronisation on GPU):
 GMACs come from `FlopCounterMode` on the meta device (GMACs = FLOPs / 2), cross-checked with fvcore
 (SDPA handle registered). `--reference` times the official `segment_anything` model with the same
 weights in the same process (SAM models only; EfficientSAM has no official package installed).
+
+`--hq` adds, right after each model's row, its HQ-SAM variant `<model>+hq` (`hq_adapter.build_hq_model`:
+the base plus the HQ token, its MLP and the fusion convs), timed the same way on the HQ path:
+`encoder` = `encode_image_hq` (encoder + the once-per-image global-local fusion), the decoders take
+the HQ features and return SAM + HQ logits (one mask per prompt), and a table "HQ over base" gives the
+added parameters, GMACs and latency per backbone.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "photos" / "truck.jpg"
 DEFAULT_BOX = (425, 600, 700, 875)  # the SAM example's box on truck.jpg
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PHASES = ("encoder", "decoder_1", "decoder_n", "e2e")
+HQ_SUFFIX = "+hq"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,19 +277,59 @@ class OursRunner:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
 
-    def decode(self, emb: torch.Tensor, boxes: torch.Tensor):
-        return self.decoder(emb, boxes)
+    def decoder_extra_inputs(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inputs the decoder takes besides the embedding and the boxes (none here)."""
+        return ()
+
+    def decode(self, emb: torch.Tensor, boxes: torch.Tensor, *extra: torch.Tensor):
+        return self.decoder(emb, boxes, *extra)
+
+    def _encode_for_decoder(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        return self.encoder(x), ()
 
     def end_to_end(self, images: list[np.ndarray], box: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         x = torch.cat([transforms.preprocess(im, cfg, self.device) for im in images]).to(self.dtype)
-        emb = self.encoder(x)
+        emb, extra = self._encode_for_decoder(x)
         size = images[0].shape[:2]
         boxes = transforms.transform_boxes(box.to(self.device).expand(len(images), 4), size, cfg)
-        low, iou = self.decoder_single(emb, boxes)  # one prompt per image, one decoder call
+        low, iou = self.decoder_single(emb, boxes, *extra)  # one prompt per image, one decoder call
         if low.shape[1] > 1:
             low = low[torch.arange(low.shape[0], device=low.device), iou.argmax(1)][:, None]
         return transforms.postprocess_masks(low.float(), size, cfg) > cfg.mask_threshold
+
+
+class HQRunner(OursRunner):
+    """An HQ-SAM model (`build_hq_model`) on its HQ path: the encoder call is `encode_image_hq` (encoder +
+    the fusion, once per image), the decoder calls take the HQ features and return SAM + HQ logits
+    (`hq_token_only=False`; one mask per prompt whatever `multimask_output`). `torch.compile` compiles
+    these two calls the way `OursRunner` compiles the encoder and the decoder."""
+
+    impl = "ours"
+
+    def __init__(self, model, device: torch.device, dtype: torch.dtype, compile_: bool | str) -> None:
+        if not getattr(model, "is_hq", False):
+            raise ValueError("HQRunner needs an HQ model (hq_adapter.build_hq_model)")
+        self.model = model.to(device=device, dtype=dtype)
+        self.cfg = model.config
+        self.device, self.dtype = device, dtype
+        self.encoder = F_.HQEncoderCall(self.model)
+        self.decoder = F_.HQDecoderCall(self.model)
+        self.decoder_single = F_.HQDecoderCall(self.model, multimask_output=_scored_multimask(self.cfg))
+        if compile_:
+            mode = compile_ if isinstance(compile_, str) else None
+            self.encoder = torch.compile(self.encoder, mode=mode)
+            self.decoder = torch.compile(self.decoder, mode=mode)
+            self.decoder_single = torch.compile(self.decoder_single, mode=mode)
+
+    def decoder_extra_inputs(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Random HQ features (B_img, D/8, 4h, 4w) for `emb` (B_img, D, h, w), like the random embedding."""
+        b, d, h, w = emb.shape
+        return (torch.randn(b, d // 8, 4 * h, 4 * w, device=emb.device).to(emb.dtype),)
+
+    def _encode_for_decoder(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        emb, hq = self.encoder(x)
+        return emb, (hq,)
 
 
 class OfficialRunner:
@@ -324,6 +371,9 @@ class OfficialRunner:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
+
+    def decoder_extra_inputs(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return ()
 
     def decode(self, emb: torch.Tensor, boxes: torch.Tensor):
         return self.decoder(emb, boxes)
@@ -367,12 +417,15 @@ def load_photo(path: str | None) -> tuple[np.ndarray, tuple[float, float, float,
     return img, tuple(float(v) for v in box)
 
 
-def count_model_flops(name: str, overrides: dict, num_prompts: int, official: bool) -> dict[str, Any]:
-    meta = F_.meta_model(name, **overrides)
+def count_model_flops(name: str, overrides: dict, num_prompts: int, official: bool, hq: bool = False) -> dict[str, Any]:
+    """GMACs on the meta device; `hq`: of the HQ model on its HQ path (encoder = `encode_image_hq`,
+    decoder with HQ features)."""
+    meta = (F_.meta_hq_model if hq else F_.meta_model)(name, **overrides)
     out: dict[str, Any] = {}
-    enc, enc_ops = F_.encoder_flops(meta)
-    dec1, _ = F_.decoder_flops(meta, 1)
-    decn, _ = F_.decoder_flops(meta, num_prompts)
+    enc_fn, dec_fn = (F_.hq_encoder_flops, F_.hq_decoder_flops) if hq else (F_.encoder_flops, F_.decoder_flops)
+    enc, enc_ops = enc_fn(meta)
+    dec1, _ = dec_fn(meta, 1)
+    decn, _ = dec_fn(meta, num_prompts)
     out.update(
         gmacs_encoder=enc / 2e9, gmacs_decoder_per_prompt=dec1 / 2e9, gmacs_decoder_n=decn / 2e9,
         encoder_flops_by_op={k: v / 2e9 for k, v in enc_ops.items()},
@@ -386,39 +439,61 @@ def count_model_flops(name: str, overrides: dict, num_prompts: int, official: bo
     return out
 
 
-def run_one(name: str, impl: str, args, overrides: dict, image: np.ndarray, box, progress=None) -> dict[str, Any]:
+def run_one(
+    name: str, impl: str, args, overrides: dict, image: np.ndarray, box, progress=None, hq: bool = False
+) -> dict[str, Any]:
+    """One row: model `name` with `impl` "ours" or "official"; `hq`: its HQ-SAM variant (ours only),
+    reported as `<name>+hq`."""
+    if hq and impl != "ours":
+        raise ValueError("HQ rows are timed with our implementation only")
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    label = name + HQ_SUFFIX if hq else name
     res: dict[str, Any] = {
-        "model": name, "impl": impl, "device": str(device), "dtype": args.dtype, "batch_size": args.batch_size,
+        "model": label, "impl": impl, "device": str(device), "dtype": args.dtype, "batch_size": args.batch_size,
         "image_size": args.image_size, "compile": args.compile, "prompts": args.prompts,
         "overrides": {k: v for k, v in overrides.items() if k != "encoder_img_size"},
     }
+    if hq:
+        res.update(hq=True, base_model=name)
 
     def phase(s: str) -> None:
         if progress is not None:
-            progress.set_postfix_str(f"{name} [{impl}] {s}", refresh=True)
+            progress.set_postfix_str(f"{label} [{impl}] {s}", refresh=True)
 
     _release_memory(device)
     baseline = 0 if device.type == "cuda" else _rss_bytes()
     torch.manual_seed(args.seed)
     phase("build")
-    ours = es.build_model(name, **overrides)
+    if hq:
+        from hq_adapter import build_hq_model
+
+        ours = build_hq_model(name, **overrides)
+    else:
+        ours = es.build_model(name, **overrides)
     res["family"] = ours.config.family
     params = F_.param_counts(ours)
     res["params"] = params["total"]
     res["params_by_part"] = params
+    if hq:
+        res["hq_early_block"] = ours.config.hq.early_block
+        res["params_base"] = F_.param_counts(F_.meta_model(name, **overrides))["total"]
+        res["params_added"] = res["params"] - res["params_base"]
     phase("count FLOPs")
-    res.update(count_model_flops(name, overrides, args.prompts, official=(impl == "official")))
+    res.update(count_model_flops(name, overrides, args.prompts, official=(impl == "official"), hq=hq))
     if impl == "ours" and args.fvcore:
         phase("fvcore cross-check")
         ours.to(device)  # fvcore traces a real fp32 forward pass: on the benchmark device
         x = F_.encoder_inputs(ours, 1)
+        if hq:
+            enc_mod, dec_mod, dec_in = F_.HQEncoderCall(ours), F_.HQDecoderCall(ours), F_.hq_decoder_inputs(ours, 1)
+        else:
+            enc_mod, dec_mod, dec_in = ours.image_encoder, F_.DecoderCall(ours), F_.decoder_inputs(ours, 1)
         try:
-            enc_v, _, _ = F_.fvcore_macs(ours.image_encoder, (x,))
-            dec_v, _, _ = F_.fvcore_macs(F_.DecoderCall(ours), F_.decoder_inputs(ours, 1))
+            enc_v, _, _ = F_.fvcore_macs(enc_mod, (x,))
+            dec_v, _, _ = F_.fvcore_macs(dec_mod, dec_in)
             enc_v0 = None
             if args.fvcore_no_handle:
-                enc_v0 = F_.fvcore_macs(ours.image_encoder, (x,), sdpa_handle=False)[0]
+                enc_v0 = F_.fvcore_macs(enc_mod, (x,), sdpa_handle=False)[0]
         except Exception as e:  # noqa: BLE001
             res["fvcore_error"] = repr(e)
         else:
@@ -428,17 +503,19 @@ def run_one(name: str, impl: str, args, overrides: dict, image: np.ndarray, box,
             res["fvcore_rel_diff_decoder"] = dec_v / 1e9 / res["gmacs_decoder_per_prompt"] - 1
             if enc_v0 is not None:
                 res["fvcore_gmacs_encoder_without_sdpa_handle"] = enc_v0 / 1e9
-        del x
+        del x, enc_mod, dec_mod, dec_in
     compile_ = (args.compile_mode or True) if args.compile else False
-    runner = OursRunner(ours, device, dtype, compile_) if impl == "ours" else OfficialRunner(
-        ours, device, dtype, compile_
-    )
+    if impl == "official":
+        runner = OfficialRunner(ours, device, dtype, compile_)
+    else:
+        runner = (HQRunner if hq else OursRunner)(ours, device, dtype, compile_)
     if impl == "official":
         del ours
         res["params"] = sum(p.numel() for p in runner.model.parameters())
     s = runner.cfg.image_encoder.img_size
     x = torch.randn(args.batch_size, 3, s, s, device=device).to(dtype)
     emb1 = torch.randn(1, runner.cfg.mask_decoder.transformer_dim, s // 16, s // 16, device=device).to(dtype)
+    extra1 = runner.decoder_extra_inputs(emb1)  # HQ: the HQ features of that image
     _, boxes1 = F_.decoder_inputs(runner.cfg, 1, device)
     _, boxesn = F_.decoder_inputs(runner.cfg, args.prompts, device)
     images = [image] * args.batch_size
@@ -448,9 +525,9 @@ def run_one(name: str, impl: str, args, overrides: dict, image: np.ndarray, box,
     phase("encoder")
     lat["encoder"] = time_fn(lambda: runner.encode(x), device, w, r)
     phase("decoder x1")
-    lat["decoder_1"] = time_fn(lambda: runner.decode(emb1, boxes1), device, w, r)
+    lat["decoder_1"] = time_fn(lambda: runner.decode(emb1, boxes1, *extra1), device, w, r)
     phase(f"decoder x{args.prompts}")
-    lat["decoder_n"] = time_fn(lambda: runner.decode(emb1, boxesn), device, w, r)
+    lat["decoder_n"] = time_fn(lambda: runner.decode(emb1, boxesn, *extra1), device, w, r)
     phase("end to end")
     with PeakMemory(device, baseline) as mem:
         lat["e2e"] = time_fn(lambda: runner.end_to_end(images, box_t), device, w, r)
@@ -460,7 +537,7 @@ def run_one(name: str, impl: str, args, overrides: dict, image: np.ndarray, box,
     res["peak_mem_mb"] = mem.mb
     if args.compile:
         res["compile_first_call_ms"] = {k: v["first_warmup_ms"] for k, v in lat.items()}
-    del runner, x, emb1
+    del runner, x, emb1, extra1
     _release_memory(device)
     return res
 
@@ -470,9 +547,20 @@ def run_one(name: str, impl: str, args, overrides: dict, image: np.ndarray, box,
 # ----------------------------------------------------------------------------------------------
 
 
-def _g(v: float) -> str:
-    """1 decimal for large numbers, 3 significant digits for small ones (tiny test configs)."""
+def _g(v: float | None) -> str:
+    """1 decimal for large numbers, 3 significant digits for small ones (tiny test configs); "-" for none."""
+    if v is None:
+        return "-"
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
+def _ms(v: float) -> str:
+    """A signed latency difference: 1 decimal, 2 below 10 ms (GPU decoders)."""
+    return f"{v:+.1f}" if abs(v) >= 10 else f"{v:+.2f}"
+
+
+def _pct(added: float | None, base: float | None) -> str:
+    return f"{100 * added / base:+.1f}%" if added is not None and base else "-"
 
 
 def _fmt_lat(d: dict | None) -> str:
@@ -495,6 +583,32 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
+def hq_overhead(results: list[dict]) -> list[dict]:
+    """Per backbone with both rows timed: what the HQ variant adds over its base (ours vs ours).
+    Latency: differences of medians, in ms and relative to the base."""
+    out = []
+    by = {(r["model"], r["impl"]): r for r in results if "latency_ms" in r}
+    for r in results:
+        if not r.get("hq") or "latency_ms" not in r:
+            continue
+        base = by.get((r["base_model"], "ours"))
+        if base is None:
+            continue
+        row: dict[str, Any] = {
+            "model": r["base_model"], "params_base": base["params"], "params_added": r["params"] - base["params"],
+        }
+        for key in ("gmacs_encoder", "gmacs_decoder_per_prompt"):
+            a, b = r.get(key), base.get(key)
+            row[f"{key}_added"] = None if a is None or b is None else a - b
+            row[f"{key}_base"] = b
+        for p in PHASES:
+            b = base["latency_ms"][p]["median"]
+            row[f"{p}_base_ms"] = b
+            row[f"{p}_added_ms"] = r["latency_ms"][p]["median"] - b
+        out.append(row)
+    return out
+
+
 def markdown(report: dict) -> str:
     a = report["args"]
     n = a["prompts"]
@@ -514,8 +628,8 @@ def markdown(report: dict) -> str:
             continue
         lat = r["latency_ms"]
         lines.append(
-            f"| {r['model']} | {r['impl']} | {r['params'] / 1e6:.2f} | {_g(r['gmacs_encoder'])} | "
-            f"{_g(r['gmacs_decoder_per_prompt'])} | {_fmt_lat(lat['encoder'])} | {_fmt_lat(lat['decoder_1'])} | "
+            f"| {r['model']} | {r['impl']} | {r['params'] / 1e6:.2f} | {_g(r.get('gmacs_encoder'))} | "
+            f"{_g(r.get('gmacs_decoder_per_prompt'))} | {_fmt_lat(lat['encoder'])} | {_fmt_lat(lat['decoder_1'])} | "
             f"{_fmt_lat(lat['decoder_n'])} | {_fmt_lat(lat['e2e'])} | {r['throughput_img_s']:.2f} | "
             f"{r['peak_mem_mb']:.0f} |"
         )
@@ -531,6 +645,25 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {q['model']} | {q['encoder']:.2f} | {q['decoder_1']:.2f} | {q['decoder_n']:.2f} | {q['e2e']:.2f} |"
             )
+    hq = report.get("hq_overhead") or []
+    if hq:
+        lines += [
+            "",
+            "HQ over base (`<model>+hq` minus `<model>`, ours; latency: difference of medians, in ms and % of the "
+            "base; HQ encoder = encoder + the once-per-image fusion; HQ decoder = with the HQ features, per call):",
+            "",
+            f"| model | params added | encoder GMACs added | decoder GMACs / prompt added | encoder | decoder, 1 box "
+            f"| decoder, {n} boxes | end to end |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for q in hq:
+            cells = [
+                f"{q['params_added']:,} ({_pct(q['params_added'], q['params_base'])})",
+                f"{_g(q['gmacs_encoder_added'])} ({_pct(q['gmacs_encoder_added'], q['gmacs_encoder_base'])})",
+                f"{_g(q['gmacs_decoder_per_prompt_added'])} "
+                f"({_pct(q['gmacs_decoder_per_prompt_added'], q['gmacs_decoder_per_prompt_base'])})",
+            ] + [f"{_ms(q[f'{p}_added_ms'])} ms ({_pct(q[f'{p}_added_ms'], q[f'{p}_base_ms'])})" for p in PHASES]
+            lines.append(f"| {q['model']} | " + " | ".join(cells) + " |")
     fv = [r for r in report["results"] if "fvcore_gmacs_encoder" in r]
     if fv:
         lines += [
@@ -608,11 +741,11 @@ def plot(report: dict, path: str | Path) -> None:
     d.rectangle([L, T, W - R, H - B], outline="black")
     d.text(((L + W - R) // 2 - 80, H - 35), "parameters (millions, log scale)", fill="black", font=font)
     d.text((8, T - 18), "end-to-end latency, ms (log)", fill="black", font=font)
-    colors = {"ours": (31, 119, 180), "official": (214, 39, 40)}
+    colors = {"ours": (31, 119, 180), "official": (214, 39, 40), "hq": (44, 160, 44)}
     placed: list[tuple[float, float, float, float]] = []
     for r, x, y in sorted(zip(pts, xs, ys), key=lambda t: -t[2]):  # top to bottom
         cx, cy = px(x), py(y)
-        c = colors.get(r["impl"], (0, 0, 0))
+        c = colors["hq"] if r.get("hq") else colors.get(r["impl"], (0, 0, 0))
         if r["impl"] == "official":
             d.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], outline=c, width=2)
         else:
@@ -630,6 +763,9 @@ def plot(report: dict, path: str | Path) -> None:
     lx = W - R - 190  # legend above the frame, right
     d.ellipse([lx, 10, lx + 10, 20], fill=colors["ours"])
     d.text((lx + 16, 8), "ours", fill="black", font=font)
+    if any(r.get("hq") for r in pts):
+        d.ellipse([lx - 90, 10, lx - 80, 20], fill=colors["hq"])
+        d.text((lx - 74, 8), "ours + HQ", fill="black", font=font)
     d.rectangle([lx, 28, lx + 10, 38], outline=colors["official"], width=2)
     d.text((lx + 16, 26), "official segment_anything", fill="black", font=font)
     im.save(path)
@@ -647,6 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--models", nargs="+", default=["sam_vit_b", "efficient_sam_vitt"],
                    help=f"registered model names ({', '.join(es.list_models())})")
+    p.add_argument("--hq", action="store_true",
+                   help="also time each model's HQ-SAM variant (hq_adapter.build_hq_model), as `<model>+hq`")
     p.add_argument("--reference", action="store_true",
                    help="also time the official segment_anything model with the same weights (SAM models)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -704,16 +842,27 @@ def main(argv: list[str] | None = None) -> int:
              "end to end = preprocessing + encoder + 1 box per image + mask selection + upsampling to the photo's "
              f"{image.shape[1]}x{image.shape[0]} size + threshold",
              "weights are random (seeded): timings and counts do not depend on them"]
-    runs: list[tuple[str, str]] = []
+    runs: list[tuple[str, str, bool]] = []  # (model, impl, hq)
     for name in args.models:
-        runs.append((name, "ours"))
+        runs.append((name, "ours", False))
+        if args.hq:
+            runs.append((name, "ours", True))
         if args.reference:
             try:
                 check_reference(es.get_config(name, **overrides))
-                runs.append((name, "official"))
+                runs.append((name, "official", False))
             except ReferenceUnavailable as e:
                 notes.append(f"{name}: no reference timing: {e}")
-    if args.reference and any(i == "official" for _, i in runs) and args.dtype != "fp32":
+    if args.hq:
+        notes.append(
+            f"`<model>{HQ_SUFFIX}`: hq_adapter.build_hq_model(<model>) (random adapter weights), our implementation; "
+            "encoder = encode_image_hq (encoder + the HQ fusion of the early-block feature and the embedding, once per "
+            "image); decoders = prompt encoder + HQ mask decoder with the HQ features, SAM + HQ logits "
+            "(hq_token_only=False), one mask per prompt; GMACs of the same calls"
+        )
+        if args.reference:
+            notes.append("--reference covers the base models only (no official HQ-SAM timing)")
+    if args.reference and any(i == "official" for _, i, _ in runs) and args.dtype != "fp32":
         notes.append("official model in low precision: its prompt encoder runs in fp32 (the official code fails "
                      "otherwise) and its outputs are cast")
     if args.reference and args.batch_size > 1:
@@ -724,13 +873,14 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(runs, desc="esam-bench", unit="run", disable=args.no_progress, file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        for name, impl in bar:
+        for name, impl, hq in bar:
             try:
-                results.append(run_one(name, impl, args, overrides, image, box, progress=bar))
+                results.append(run_one(name, impl, args, overrides, image, box, progress=bar, hq=hq))
             except Exception as e:  # noqa: BLE001 - keep the other runs, report the failure
                 failed = True
-                results.append({"model": name, "impl": impl, "error": f"{type(e).__name__}: {e}"})
-                print(f"esam-bench: {name} [{impl}] failed: {type(e).__name__}: {e}", file=sys.stderr)
+                label = name + HQ_SUFFIX if hq else name
+                results.append({"model": label, "impl": impl, "error": f"{type(e).__name__}: {e}"})
+                print(f"esam-bench: {label} [{impl}] failed: {type(e).__name__}: {e}", file=sys.stderr)
     bar.close()
 
     report = {
@@ -739,6 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: v for k, v in vars(args).items() if k != "overrides"} | {"overrides": overrides},
         "results": results,
         "ratios": ratios(results),
+        "hq_overhead": hq_overhead(results),
         "notes": notes,
     }
     md = markdown(report)

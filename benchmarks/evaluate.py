@@ -76,10 +76,13 @@ class PredictorModel:
 
     uses_targets = False
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, hq_token_only: bool = False) -> None:
         from efficient_sam import SamPredictor
 
+        if hq_token_only and not getattr(model, "is_hq", False):
+            raise ValueError("hq_token_only needs an HQ model")
         self.model = model
+        self.hq = dict(hq_features=None, hq_token_only=hq_token_only) if getattr(model, "is_hq", False) else None
         self.family = model.config.decoder_family  # decides which output is scored
         self.predictor = SamPredictor(model)
         self._image = None
@@ -97,7 +100,8 @@ class PredictorModel:
             labs = torch.as_tensor(labels, dtype=torch.long).to(dev)
         if boxes is not None:
             bx = transforms.transform_boxes(torch.as_tensor(boxes, dtype=torch.float32).to(dev), size, cfg)
-        low, iou = self.model.decode(p.features, coords, labs, bx, None, multimask_output)
+        hq = {} if self.hq is None else {**self.hq, "hq_features": p.hq_features}
+        low, iou = self.model.decode(p.features, coords, labs, bx, None, multimask_output, **hq)
         best = iou.argmax(dim=1)
         rows = torch.arange(low.shape[0], device=low.device)
         low, score = low[rows, best], iou[rows, best]
@@ -264,12 +268,28 @@ def evaluate(
     }
 
 
+def evaluate_distributed(
+    model: PromptModel, records: Sequence[ImageRecord], prompt: str, seed: int, accelerator
+) -> dict[str, float]:
+    """`evaluate` with the images split over accelerate's processes -> {"miou", "mbiou"} over all
+    objects (for the trainers' evaluation rows)."""
+    mine = list(records)[accelerator.process_index :: accelerator.num_processes]
+    items = evaluate(model, mine, prompt, seed=seed)["per_item"] if mine else []
+    ious = [r["iou"] for r in items if np.isfinite(r["iou"])]
+    bious = [r["biou"] for r in items if np.isfinite(r["biou"])]
+    sums = torch.tensor([sum(ious), len(ious), sum(bious), len(bious)], device=accelerator.device, dtype=torch.float64)
+    sums = accelerator.reduce(sums, "sum")
+    return {"miou": (sums[0] / sums[1].clamp(min=1)).item(), "mbiou": (sums[2] / sums[3].clamp(min=1)).item()}
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
 
 
-def load_model(name: str, checkpoint: str | None, overrides: dict, device: str, dtype: str) -> PromptModel:
+def load_model(
+    name: str, checkpoint: str | None, overrides: dict, device: str, dtype: str, hq: bool = False
+) -> PromptModel:
     if name in ORACLES:
         if checkpoint or overrides:
             raise SystemExit(f"esam-eval: {name} takes no --checkpoint / --set")
@@ -293,7 +313,9 @@ def load_model(name: str, checkpoint: str | None, overrides: dict, device: str, 
     if getattr(model, "config", None) is None or not hasattr(model, "decode"):
         raise SystemExit(f"esam-eval: {name!r} did not load a promptable model (got {type(model).__name__})")
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
-    return PredictorModel(model)
+    if hq and not getattr(model, "is_hq", False):
+        raise SystemExit(f"esam-eval: --hq needs an HQ model; {name!r} is not one")
+    return PredictorModel(model, hq_token_only=hq)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="official checkpoint file for a registered name")
     p.add_argument("--data", required=True, help="dataset: mask folder, COCO JSON (or folder) or SA-1B folder/.tar")
     p.add_argument("--prompt", choices=PROMPTS, default="box")
-    p.add_argument("--hq", action="store_true", help="score the HQ output of an HQ model")
+    p.add_argument("--hq", action="store_true",
+                   help="HQ models: score the HQ output alone (hq_token_only, HQ-SAM's validation); default SAM + HQ")
     p.add_argument("--json", default=None, help="write {miou, mbiou, n, per_item, ...} here")
     p.add_argument("--layout", choices=("auto", "masks", "coco", "sa1b"), default="auto")
     p.add_argument("--images", default=None, help="COCO image folder (default: found next to the JSON)")
@@ -326,12 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.hq:
-        try:
-            import hq_adapter  # noqa: F401
-        except ImportError:
-            raise SystemExit("esam-eval: --hq: hq_adapter not available yet") from None
-        raise SystemExit("esam-eval: --hq: hq_adapter not available yet (no HQ model interface to evaluate)")
     if args.max_prompts < 1:
         raise SystemExit("esam-eval: --max-prompts must be >= 1")
     try:
@@ -346,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"esam-eval: {e}") from None
     if args.limit is not None:
         records = records[: args.limit]
-    model = load_model(args.model, args.checkpoint, dict(args.overrides), args.device, args.dtype)
+    model = load_model(args.model, args.checkpoint, dict(args.overrides), args.device, args.dtype, args.hq)
     res = evaluate(model, records, args.prompt, args.seed, args.dilation_ratio, args.max_prompts,
                    progress=not args.no_progress)
     out = {

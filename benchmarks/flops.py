@@ -27,7 +27,8 @@ from efficient_sam.config import ImageEncoderConfig, MaskDecoderConfig, SamConfi
 __all__ = [
     "count_flops", "meta_model", "encoder_flops", "decoder_flops", "encoder_inputs", "decoder_inputs",
     "DecoderCall", "fvcore_macs", "sdpa_flop_jit", "analytic_encoder_flops", "analytic_decoder_flops",
-    "num_prompt_tokens", "param_counts",
+    "num_prompt_tokens", "param_counts", "meta_hq_model", "HQEncoderCall", "HQDecoderCall", "hq_decoder_inputs",
+    "hq_encoder_flops", "hq_decoder_flops",
 ]
 
 
@@ -56,6 +57,15 @@ def meta_model(name: str | SamConfig, **overrides: Any) -> nn.Module:
     return model.requires_grad_(False)
 
 
+def meta_hq_model(name: str | SamConfig, **overrides: Any) -> nn.Module:
+    """The HQ-SAM model on `name` (`hq_adapter.build_hq_model`) built on the meta device."""
+    from hq_adapter import build_hq_model
+
+    with torch.device("meta"):
+        model = build_hq_model(name, **overrides)
+    return model.requires_grad_(False)
+
+
 def encoder_inputs(model: nn.Module, batch: int = 1, device: str | torch.device | None = None) -> torch.Tensor:
     s = model.config.image_encoder.img_size
     dev = device if device is not None else next(model.parameters()).device
@@ -72,6 +82,36 @@ class DecoderCall(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.decode(embeddings, boxes=boxes, multimask_output=self.multimask_output)
+
+
+class HQEncoderCall(nn.Module):
+    """`Sam.encode_image_hq` as a module: images -> (embeddings, HQ features) (encoder + the once-per-image
+    global-local fusion of HQ-SAM)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image_hq(images)
+
+
+class HQDecoderCall(nn.Module):
+    """Prompt encoder + HQ mask decoder (SAM + HQ logits, one mask per prompt) with precomputed HQ features."""
+
+    def __init__(self, model: nn.Module, multimask_output: bool = True, hq_token_only: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.multimask_output = multimask_output
+        self.hq_token_only = hq_token_only
+
+    def forward(
+        self, embeddings: torch.Tensor, boxes: torch.Tensor, hq_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.decode(
+            embeddings, boxes=boxes, multimask_output=self.multimask_output, hq_features=hq_features,
+            hq_token_only=self.hq_token_only,
+        )
 
 
 def decoder_inputs(
@@ -98,14 +138,39 @@ def decoder_flops(model: nn.Module, num_prompts: int = 1) -> tuple[int, dict[str
     return count_flops(DecoderCall(model), *decoder_inputs(model, num_prompts))
 
 
+def hq_decoder_inputs(
+    model: nn.Module, num_prompts: int = 1, device: str | torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`decoder_inputs` plus HQ features (1, D/8, 4h, 4w) for one image (an HQ model)."""
+    emb, boxes = decoder_inputs(model, num_prompts, device)
+    d, g = emb.shape[1], emb.shape[-1]
+    return emb, boxes, torch.randn(1, d // 8, 4 * g, 4 * g, device=emb.device)
+
+
+def hq_encoder_flops(model: nn.Module, batch: int = 1) -> tuple[int, dict[str, int]]:
+    """FLOPs of `encode_image_hq` (image encoder + HQ fusion) for `batch` images (an HQ meta model)."""
+    return count_flops(HQEncoderCall(model), encoder_inputs(model, batch))
+
+
+def hq_decoder_flops(model: nn.Module, num_prompts: int = 1) -> tuple[int, dict[str, int]]:
+    """FLOPs of prompt encoder + HQ mask decoder for `num_prompts` box prompts on one image's embedding
+    and HQ features (the fusion itself is in `hq_encoder_flops`)."""
+    return count_flops(HQDecoderCall(model), *hq_decoder_inputs(model, num_prompts))
+
+
 def param_counts(model: nn.Module) -> dict[str, int]:
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return {
+    out = {
         "total": n(model),
         "image_encoder": n(model.image_encoder),
         "prompt_encoder": n(model.prompt_encoder),
         "mask_decoder": n(model.mask_decoder),
     }
+    if getattr(model, "is_hq", False):  # HQ-SAM: the adapter's share (inside mask_decoder)
+        from hq_adapter import is_adapter_key
+
+        out["hq_adapter"] = sum(p.numel() for k, p in model.named_parameters() if is_adapter_key(k))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -80,6 +80,14 @@ class MaskDecoderConfig:
 
 
 @dataclass
+class HQConfig:
+    """HQ-SAM on top of the model: the early feature is the output of encoder block `early_block`
+    (0-based; SAM: the first global-attention block)."""
+
+    early_block: int = 2
+
+
+@dataclass
 class SamConfig:
     """A whole promptable model. `family` selects the official pre/post-processing."""
 
@@ -94,6 +102,7 @@ class SamConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     mask_threshold: float = 0.0
+    hq: HQConfig | None = None  # set: an HQ-SAM model (HQ token + global-local fusion in the decoder)
 
     @property
     def decoder_family(self) -> str:
@@ -110,11 +119,13 @@ class SamConfig:
         enc = ImageEncoderConfig.from_dict(d.pop("image_encoder", {}))
         pe = PromptEncoderConfig(**d.pop("prompt_encoder", {}))
         md = MaskDecoderConfig(**d.pop("mask_decoder", {}))
+        hq = d.pop("hq", None)
+        hq = HQConfig(**hq) if isinstance(hq, dict) else hq
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown SamConfig keys: {sorted(unknown)}")
-        return cls(image_encoder=enc, prompt_encoder=pe, mask_decoder=md, **_tuples(d))
+        return cls(image_encoder=enc, prompt_encoder=pe, mask_decoder=md, hq=hq, **_tuples(d))
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:

@@ -286,6 +286,13 @@ def _build_and_load(
 ) -> tuple[nn.Module, str, str]:
     fmt = detect_format(sd)
     if fmt == "hq_sam":
+        if model is None and _config_kind(src.config) == "sam":  # our merged HQ export
+            cfg, arch = _sam_config(src, None, overrides)
+            if cfg.hq is None:
+                raise CheckpointError(f"{src.label}: HQ-SAM weights, but its config.json describes no HQ model (hq: null)")
+            net = Sam(cfg)
+            _load_strict(net, sd, src, fmt, model, overrides)
+            return net, fmt, f"HQ-SAM on {arch}"
         base = model or infer_model_name(sd)
         return _load_hq(sd, src, base, overrides), fmt, f"HQ-SAM on {base}"
     if fmt in ("timm_samvit", "image_encoder"):

@@ -67,6 +67,7 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
+        self.hq_features = None  # HQ models: the fused early/final features of the image
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
@@ -78,7 +79,10 @@ class SamPredictor:
         x = transforms.preprocess(arr, cfg, self.device)
         dtype = self.model.image_encoder.patch_embed.proj.weight.dtype
         self.reset_image()
-        self.features = self.model.encode_image(x.to(dtype))
+        if self.model.is_hq:
+            self.features, self.hq_features = self.model.encode_image_hq(x.to(dtype))
+        else:
+            self.features = self.model.encode_image(x.to(dtype))
         self.original_size = (arr.shape[0], arr.shape[1])
         self.input_size = transforms.input_size(self.original_size, cfg)
         self.is_image_set = True
@@ -100,11 +104,13 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One prompt in original-image pixels -> masks (C, H, W), IoU (C,), low-res logits (C, 256, 256).
 
         point_coords (N, 2) XY with point_labels (N,); box (4,) XYXY; mask_input (1, 256, 256) logits
-        from a previous call. C = 3 with `multimask_output`, else 1.
+        from a previous call. C = 3 with `multimask_output`, else 1; HQ models always return C = 1
+        (SAM + HQ logits, or the HQ logits alone with `hq_token_only`), as the official HQ-SAM.
         """
         self._require_image()
         if (point_coords is None) != (point_labels is None):
@@ -121,7 +127,8 @@ class SamPredictor:
         if mask_input is not None:
             masks = _array(mask_input, "mask_input", (1, None, None))[None]
         out_masks, iou, low_res = self.predict_torch(
-            coords, labels, boxes, masks, multimask_output=multimask_output, return_logits=return_logits
+            coords, labels, boxes, masks, multimask_output=multimask_output, return_logits=return_logits,
+            hq_token_only=hq_token_only,
         )
         return out_masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
 
@@ -134,6 +141,7 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        hq_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """B prompts for the set image in one decoder call, coordinates in original-image pixels.
 
@@ -151,7 +159,10 @@ class SamPredictor:
             boxes = transforms.transform_boxes(boxes.to(dev), self.original_size, cfg)
         if mask_input is not None:
             mask_input = mask_input.to(dev, self.features.dtype)
-        low_res, iou = self.model.decode(self.features, coords, labels, boxes, mask_input, multimask_output)
+        hq = dict(hq_features=self.hq_features, hq_token_only=hq_token_only) if self.model.is_hq else {}
+        if hq_token_only and not self.model.is_hq:
+            raise ValueError("hq_token_only applies to HQ models only")
+        low_res, iou = self.model.decode(self.features, coords, labels, boxes, mask_input, multimask_output, **hq)
         low_res = low_res.float()
         masks = transforms.postprocess_masks(low_res, self.original_size, cfg)
         if not return_logits:

@@ -133,18 +133,12 @@ class FinetuneTask(Task):
         split over the processes."""
         if not self.val:
             return {}
-        from benchmarks.evaluate import PredictorModel, evaluate
+        from benchmarks.evaluate import PredictorModel, evaluate_distributed
 
-        mine = self.val[acc.process_index :: acc.num_processes]
         out = {}
         for prompt in self.cfg.data.eval_prompts:
-            res = evaluate(PredictorModel(model.sam), mine, prompt, seed=self.cfg.seed) if mine else {"per_item": []}
-            ious = [r["iou"] for r in res["per_item"] if r["iou"] == r["iou"]]
-            bious = [r["biou"] for r in res["per_item"] if r["biou"] == r["biou"]]
-            sums = torch.tensor([sum(ious), len(ious), sum(bious), len(bious)], device=acc.device, dtype=torch.float64)
-            sums = acc.reduce(sums, "sum")
-            out[f"miou_{prompt}"] = (sums[0] / sums[1].clamp(min=1)).item()
-            out[f"mbiou_{prompt}"] = (sums[2] / sums[3].clamp(min=1)).item()
+            res = evaluate_distributed(PredictorModel(model.sam), self.val, prompt, self.cfg.seed, acc)
+            out[f"miou_{prompt}"], out[f"mbiou_{prompt}"] = res["miou"], res["mbiou"]
         return out
 
     def save_final(self, model: InteractiveSam, path: Path) -> None:

@@ -288,8 +288,9 @@ def test_cli_on_grabcut(tmp_path):
 
 
 def test_cli_rejects_hq_and_bad_data(tmp_path):
-    with pytest.raises(SystemExit, match="hq_adapter not available yet"):
-        ev.main(["--model", "sam_vit_b", "--data", str(GRABCUT), "--hq"])
+    with pytest.raises(SystemExit, match="--hq needs an HQ model"):
+        ev.main(["--model", "sam_vit_b", "--set", "encoder_depth=1", "--set", "encoder_global_attn_indexes=(0,)",
+                 "--data", str(GRABCUT), "--limit", "1", "--hq", "--no-progress"])
     with pytest.raises(SystemExit, match="layout"):
         ev.main(["--model", "oracle:gt", "--data", str(tmp_path)])
     with pytest.raises(ValueError, match="box prompts"):

@@ -387,6 +387,13 @@ def test_hq_checkpoint_plugs_into_hq_adapter(offline_hub, monkeypatch, tmp_path)
     assert calls[1][0] == "sam_vit_l"
 
 
+def test_hq_checkpoint_from_the_offline_hub_is_an_hq_model(offline_hub):
+    net = es.from_pretrained(REPO_HQ, filename="sam_hq_vit_b.pth", model="sam_vit_b", **SMALL)
+    assert isinstance(net, es.Sam) and net.is_hq and not net.training
+    ref = torch.load(offline_hub["hub"].path(REPO_HQ, "sam_hq_vit_b.pth"), weights_only=True)
+    assert net.state_dict().keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in net.state_dict().items())
+
+
 # ------------------------------------------------------------------------------------------------
 # Our format: save_pretrained -> from_pretrained, push_to_hub
 

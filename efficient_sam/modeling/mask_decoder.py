@@ -60,16 +60,21 @@ class MaskDecoder(nn.Module):
         sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou_pred[:, sl]
 
-    def predict_masks(
+    def run_transformer(
         self,
         image_embeddings: torch.Tensor,
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor | None,
+        extra_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All mask tokens: (B, num_mask_tokens, 4h, 4w) logits and (B, num_mask_tokens) IoU."""
+        """[IoU token, mask tokens, extra tokens (e.g. HQ-SAM's), prompts] through the two-way
+        transformer -> token outputs (B, T, D) and the upscaled image features (B, D/8, 4h, 4w)."""
         b = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        parts = [self.iou_token.weight, self.mask_tokens.weight]
+        if extra_tokens is not None:
+            parts.append(extra_tokens)
+        output_tokens = torch.cat(parts, dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
@@ -81,15 +86,24 @@ class MaskDecoder(nn.Module):
             image_embeddings = torch.repeat_interleave(image_embeddings, b // image_embeddings.shape[0], dim=0)
         src = image_embeddings if dense_prompt_embeddings is None else image_embeddings + dense_prompt_embeddings
         _, c, h, w = src.shape
-
         hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        return hs, self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All mask tokens: (B, num_mask_tokens, 4h, 4w) logits and (B, num_mask_tokens) IoU."""
+        hs, upscaled = self.run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        _, c, h, w = upscaled.shape
+        b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return masks, self.iou_prediction_head(hs[:, 0, :])

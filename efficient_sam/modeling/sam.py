@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from ..config import HQConfig, ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
 from .hub_mixin import StrictHubMixin, hub_kwargs
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
+from .mask_decoder_hq import MaskDecoderHQ
 from .prompt_encoder import PromptEncoder
 
 
@@ -40,7 +41,12 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         self.prompt_encoder = PromptEncoder(
             config.prompt_encoder, (enc.grid_size, enc.grid_size), (enc.img_size, enc.img_size)
         )
-        self.mask_decoder = MaskDecoder(config.mask_decoder)
+        if config.hq is None:
+            self.mask_decoder = MaskDecoder(config.mask_decoder)
+        else:
+            if not 0 <= config.hq.early_block < enc.depth:
+                raise ValueError(f"hq.early_block {config.hq.early_block} is not a block of the {enc.depth}-block encoder")
+            self.mask_decoder = MaskDecoderHQ(config.mask_decoder, enc.embed_dim)
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1), persistent=False)
 
@@ -52,8 +58,11 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         from ..hub import config_name
 
         cfg, enc = self.config, self.config.image_encoder
-        name = config_name(cfg)
+        name = config_name(dataclasses.replace(cfg, hq=None))
         family = "EfficientSAM" if cfg.family == "efficient_sam" else "SAM"
+        if cfg.hq is not None:  # HQ-SAM adapter on the base
+            name = f"{name} + HQ" if name else None
+            family = f"HQ-{family}"
         return {
             **super()._model_card_info(),
             "title": f"{family} {name}" if name else f"{family} (custom configuration)",
@@ -74,9 +83,23 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
     def mask_threshold(self) -> float:
         return self.config.mask_threshold
 
+    @property
+    def is_hq(self) -> bool:
+        return self.config.hq is not None
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed images -> (B, 256, S/16, S/16) embeddings."""
         return self.image_encoder(images)
+
+    def encode_image_hq(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HQ models: -> embeddings (B, 256, h, w) and HQ features (B, 32, 4h, 4w), the fusion of the
+        final embedding with the output of encoder block `hq.early_block` (computed once per image)."""
+        if not self.is_hq:
+            raise ValueError("encode_image_hq needs an HQ model (config.hq is None)")
+        enc = self.image_encoder
+        tokens, (early,) = enc.forward_tokens(images, (self.config.hq.early_block,))
+        emb = enc.neck(tokens.permute(0, 3, 1, 2))
+        return emb, self.mask_decoder.hq_features(emb, early)
 
     def decode(
         self,
@@ -86,20 +109,29 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
+        hq_features: torch.Tensor | None = None,
+        hq_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts for B masks over B_img embeddings (B a multiple of B_img, grouped by image), all in
         one decoder call -> low-res logits (B, 3 or 1, 4h, 4w) and IoU predictions (B, 3 or 1).
 
         point_coords (B, N, 2) / point_labels (B, N), boxes (B, 4) XYXY, mask_input (B, 1, 4h, 4w) logits.
+        HQ models also take `hq_features` (from `encode_image_hq`) and return one mask per prompt: SAM +
+        HQ logits, or HQ only with `hq_token_only` (the official HQ-SAM's outputs).
         """
         batch = next((t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None), None)
         sparse, dense = self.prompt_encoder(point_coords, point_labels, boxes, mask_input, batch_size=batch)
         # The Fourier PE is computed in fp32; a bf16/fp16 model gets its prompt tokens in its own dtype.
         dtype = image_embeddings.dtype
-        return self.mask_decoder(
+        args = (
             image_embeddings, self.prompt_encoder.get_dense_pe().to(dtype), sparse.to(dtype),
             None if dense is None else dense.to(dtype), multimask_output,
         )
+        if self.is_hq:
+            return self.mask_decoder(*args, hq_features=hq_features, hq_token_only=hq_token_only)
+        if hq_features is not None or hq_token_only:
+            raise ValueError("hq_features / hq_token_only apply to HQ models only")
+        return self.mask_decoder(*args)
 
     def forward(
         self,
@@ -109,8 +141,12 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
+        hq_token_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed images (B_img, 3, S, S) + prompts in the input frame -> (low-res logits, IoU)."""
+        if self.is_hq:
+            emb, hq = self.encode_image_hq(images)
+            return self.decode(emb, point_coords, point_labels, boxes, mask_input, multimask_output, hq, hq_token_only)
         return self.decode(
             self.encode_image(images), point_coords, point_labels, boxes, mask_input, multimask_output
         )
@@ -128,6 +164,6 @@ def _as_sam_config(config: SamConfig | dict) -> SamConfig:
         (config.prompt_encoder, PromptEncoderConfig),
         (config.mask_decoder, MaskDecoderConfig),
     )
-    if all(isinstance(v, t) for v, t in subs):
+    if all(isinstance(v, t) for v, t in subs) and (config.hq is None or isinstance(config.hq, HQConfig)):
         return config
     return SamConfig.from_dict(dataclasses.asdict(config))  # asdict also walks the sub-config dicts
