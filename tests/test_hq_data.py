@@ -18,7 +18,7 @@ from hq_adapter.data import (
     soft_label,
 )
 from hq_adapter.losses import LossConfig, point_sample, point_sampled_loss, uncertain_points
-from tests.helpers import GRABCUT
+from helpers import GRABCUT
 
 STEMS = sorted(p.stem for p in (GRABCUT / "images").glob("*.jpg"))[:6]
 S = 256
