@@ -30,7 +30,7 @@ from PIL import Image
 __all__ = [
     "rle_decode", "rle_encode", "rle_from_string", "rle_to_string", "polygons_to_mask", "segmentation_to_mask",
     "mask_to_box", "ObjectRecord", "ImageRecord", "read_mask_folder", "read_coco", "read_sa1b", "sa1b_record",
-    "detect_layout", "open_dataset", "IMAGE_EXTENSIONS",
+    "detect_layout", "open_dataset", "read_rgb", "IMAGE_EXTENSIONS",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -240,9 +240,13 @@ class ImageRecord:
         return self.load_image()
 
 
-def _read_rgb(path: str | os.PathLike | io.IOBase) -> np.ndarray:
+def read_rgb(path: str | os.PathLike | io.IOBase) -> np.ndarray:
+    """An image file -> HxWx3 uint8 RGB (grayscale, palette and RGBA converted)."""
     with Image.open(path) as im:
         return np.array(im.convert("RGB"))
+
+
+_read_rgb = read_rgb
 
 
 def _read_binary(path: str | os.PathLike, object_id: int | None = None) -> np.ndarray:

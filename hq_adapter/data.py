@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from efficient_sam.config import SamConfig
-from efficient_sam.datasets import IMAGE_EXTENSIONS, ImageRecord, ObjectRecord, _read_rgb, mask_to_box, open_dataset
+from efficient_sam.datasets import IMAGE_EXTENSIONS, ImageRecord, ObjectRecord, mask_to_box, open_dataset, read_rgb
 from finetune.data import RecordSamples, SkipRecord, sample_rng
 
 __all__ = [
@@ -112,7 +112,7 @@ def read_hqseg(root: str | os.PathLike, split: str = "train") -> list[ImageRecor
                 meta={"soft": True, "mask_path": str(gt), "mask": str(gt.relative_to(root))},
             )
             records.append(ImageRecord(
-                image_id=f"{name}/{img.stem}", path=str(img), load_image=(lambda p=img: _read_rgb(p)),
+                image_id=f"{name}/{img.stem}", path=str(img), load_image=(lambda p=img: read_rgb(p)),
                 objects=[obj], meta={"dataset": name},
             ))
     if not found:

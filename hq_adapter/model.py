@@ -68,7 +68,6 @@ def build_hq_model(
     base_checkpoint: any `es.from_pretrained` source of the base model (needed with an adapter-only
     checkpoint unless its `adapter.json` names one). With `freeze_base` only the adapter trains.
     """
-    adapter_sd = None
     if checkpoint is not None and Path(checkpoint).is_dir() and (Path(checkpoint) / ADAPTER_FILE).is_file():
         meta_path = Path(checkpoint) / ADAPTER_CONFIG
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
