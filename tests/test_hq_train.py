@@ -92,3 +92,17 @@ def test_too_many_points_for_the_efficient_sam_decoder_is_a_clear_error(tmp_path
 
     with pytest.raises(SystemExit, match="at most 6 points"):
         main(["--config", str(SMOKE), f"output_dir={tmp_path}", "data.num_points=10"])
+
+
+def test_two_process_cpu_run_trains_the_adapter(tmp_path, base_dir):
+    from helpers import launch
+
+    args = ["--config", str(SMOKE), f"output_dir={tmp_path / 'two'}", f"data.train={GRABCUT}", f"data.val={GRABCUT}",
+            f"model.base_checkpoint={base_dir}", "train.max_steps=6", "train.batch_size=4", "train.log_every=1",
+            "train.eval_every=null", "train.eval_at_start=false", "data.max_val_images=2"]
+    res = launch("hq_adapter.train", args, 2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "4 x 2 process(es)" in res.stdout + res.stderr
+    rows = [r for r in read_metrics(tmp_path / "two") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7)) and all(r["loss"] == r["loss"] for r in rows)
+    assert build_hq_model("efficient_sam_vitt", checkpoint=tmp_path / "two" / "final" / "adapter").is_hq
