@@ -10,6 +10,7 @@ early enough to keep the local detail the fusion is for (`early_block=` changes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -78,7 +79,7 @@ def build_hq_model(
         early_block = meta.get("early_block") if early_block is None else early_block
         checkpoint = Path(checkpoint) / ADAPTER_FILE
     cfg = es.get_config(base, **overrides) if isinstance(base, str) else base
-    cfg.hq = HQConfig(default_early_block(cfg) if early_block is None else early_block)
+    cfg = dataclasses.replace(cfg, hq=HQConfig(default_early_block(cfg) if early_block is None else early_block))
     model = es.Sam(cfg)
     if base_checkpoint is not None:
         # The HQ model's architecture decides: official .pth files of small test configs carry no config.
