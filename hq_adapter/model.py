@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 import efficient_sam as es
 from efficient_sam.checkpoint import CheckpointError, check_state_dict, read_state_dict
 from efficient_sam.config import HQConfig, SamConfig
+from efficient_sam.modeling.mask_decoder import MaskDecoder
 from efficient_sam.modeling.mask_decoder_hq import HQ_MODULES
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -112,6 +113,22 @@ def build_hq_model(
         for name, p in model.named_parameters():
             p.requires_grad_(is_adapter_key(name))
     return model.eval()
+
+
+def base_view(hq: es.Sam) -> es.Sam:
+    """The base of an HQ model as a plain model with the vanilla decoder (e.g. to compare against),
+    sharing the HQ model's image and prompt encoders: only SAM's 4M-parameter decoder is copied."""
+    cfg = dataclasses.replace(hq.config, hq=None)
+    with torch.device("meta"):  # no throw-away encoder weights
+        base = es.Sam(cfg)
+    base.image_encoder, base.prompt_encoder = hq.image_encoder, hq.prompt_encoder
+    base.mask_decoder = MaskDecoder(cfg.mask_decoder).to(hq.device)
+    sd = hq.mask_decoder.state_dict()
+    base.mask_decoder.load_state_dict({k: v for k, v in sd.items() if not is_adapter_key(k)})
+    base.mask_decoder.requires_grad_(False)
+    for name in ("pixel_mean", "pixel_std"):
+        base.register_buffer(name, getattr(hq, name).clone(), persistent=False)
+    return base.eval()
 
 
 class _Keys(torch.nn.Module):

@@ -25,7 +25,7 @@ from efficient_sam.training.engine import main as engine_main
 
 from .data import PROMPT_TYPES, HQDataConfig, HQSamples, SampleBuilder, collate, open_hq_records
 from .losses import LossConfig, point_sampled_loss
-from .model import build_hq_model, is_adapter_key, save_adapter
+from .model import base_view, build_hq_model, save_adapter
 
 
 @dataclass
@@ -116,11 +116,7 @@ class HQTask(Task):
         except (KeyError, TypeError, ValueError, OSError, CheckpointError) as e:
             raise ConfigError(f"model: {e}") from e
         self.sam.to(acc.device)
-        # The frozen base alone (vanilla decoder), for the eval/*_base rows.
-        base_cfg = es.SamConfig.from_dict({**self.sam.config.to_dict(), "hq": None})
-        self.base = es.Sam(base_cfg)
-        self.base.load_state_dict({k: v for k, v in self.sam.state_dict().items() if not is_adapter_key(k)})
-        self.base.to(acc.device).eval().requires_grad_(False)
+        self.base = base_view(self.sam)  # the frozen base with its vanilla decoder, for the eval/*_base rows
         pcfg = self.sam.config.prompt_encoder
         if pcfg.max_points is not None and "points" in cfg.data.prompts and cfg.data.num_points > pcfg.max_points:
             raise ConfigError(f"data.num_points={cfg.data.num_points}: this decoder takes at most {pcfg.max_points} points")

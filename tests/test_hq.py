@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import efficient_sam as es
-from hq_adapter import adapter_state_dict, build_hq_model, save_adapter
+from hq_adapter import adapter_state_dict, base_view, build_hq_model, save_adapter
 from helpers import GRABCUT, PHOTOS, load_rgb, randomize_, rel_err
 
 TOL = 1e-4
@@ -112,7 +112,14 @@ def test_hq_token_changes_sam_outputs_and_the_options_differ(cache):
     pv = es.SamPredictor(vanilla.eval())
     pv.set_image(load_rgb(IMAGES["sheep"]))
     sam_only = outs[(False, False)] - outs[(False, True)]  # SAM part of SAM + HQ
-    assert not np.allclose(sam_only, pv.predict(**kw, multimask_output=False)[2], atol=1e-3)
+    vanilla_low = pv.predict(**kw, multimask_output=False)[2]
+    assert not np.allclose(sam_only, vanilla_low, atol=1e-3)
+    # base_view: the same vanilla model, sharing the HQ model's encoders
+    view = base_view(pu.model)
+    assert view.image_encoder is pu.model.image_encoder and not view.is_hq
+    pb = es.SamPredictor(view)
+    pb.set_image(load_rgb(IMAGES["sheep"]))
+    np.testing.assert_array_equal(pb.predict(**kw, multimask_output=False)[2], vanilla_low)
 
 
 def test_adapter_parameter_counts_match_the_reference_table():
