@@ -30,9 +30,7 @@ with SAM's decoder in fp32 (11 rounds; ~75 GB at 64 masks); `--checkpoint-decode
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import shlex
 import sys
 import time
 import warnings
@@ -48,7 +46,7 @@ from finetune.model import InteractiveSam, ModelConfig, build_finetune_model
 from finetune.prompt_simulation import PromptConfig
 
 from .bench import machine_info
-from .sami_speed import count_flops, matmul_tflops, stats, timed
+from .sami_speed import add_common_args, count_flops, matmul_tflops, stats, timed, write_report
 
 MODELS = {"vitt": "efficient_sam_vitt", "vits": "efficient_sam_vits"}
 DECODERS = ("efficient_sam", "sam")
@@ -107,14 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed steps")
     p.add_argument("--checkpoint-decoder", action="store_true", help="PromptConfig.checkpoint_decoder")
     p.add_argument("--data", default=str(DATA), help="any efficient_sam.datasets layout (default: grabcut)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="device peak in TFLOP/s for the %% of peak, e.g. 989 (H100 SXM dense bf16)")
     p.add_argument("--sa1b-epochs", type=float, default=5, help="epochs of SA-1B in the projection (paper: 5)")
     p.add_argument("--no-flops", action="store_true", help="skip the meta-device FLOP count")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the full results here")
-    p.add_argument("--markdown", default=None, help="write the markdown table here")
+    add_common_args(p)
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -218,19 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         f"plain {args.dtype} 2048^2 matmul rate: {mm_before:.3f} TFLOP/s before, {mm_after:.3f} after the timings "
         "(a drop means the machine was slowed by something else)",
     ]
-    md = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    print(md)
-    argv = sys.argv[1:] if argv is None else argv
-    command = "python -m benchmarks.finetune_speed " + " ".join(shlex.quote(a) for a in argv)
-    report = {"command": command, "machine": machine, "args": vars(args) | {"overrides": overrides},
+    report = {"machine": machine, "args": vars(args) | {"overrides": overrides},
               "wall_s": time.perf_counter() - t_start, "matmul_tflops": {"before": mm_before, "after": mm_after},
-              "results": results, "notes": notes}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(f"`{command}`\n\n{md}")
+              "results": results}
+    write_report("finetune_speed", argv, lines, notes, report, args.json, args.markdown)
     return 0
 
 

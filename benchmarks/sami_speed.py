@@ -85,6 +85,31 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, calls
     return 2 * n**3 * calls / med / 1e12
 
 
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options every training-speed script shares: peak, threads, seed and the two report files."""
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak in TFLOP/s for the %% of peak, e.g. 989 (H100 SXM dense bf16)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the full results here")
+    p.add_argument("--markdown", default=None, help="write the markdown table here")
+
+
+def write_report(module: str, argv: list[str] | None, table: list[str], notes: list[str], report: dict,
+                 json_path: str | None, markdown_path: str | None) -> None:
+    """Print the markdown (table + notes) and write it and the JSON report (with the command line)."""
+    md = "\n".join(table) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    print(md)
+    argv = sys.argv[1:] if argv is None else argv
+    command = f"python -m benchmarks.{module} " + " ".join(shlex.quote(a) for a in argv)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({"command": command, **report, "notes": notes}, indent=2, default=str))
+    if markdown_path:
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown_path).write_text(f"`{command}`\n\n{md}")
+
+
 def build_student(name: str, teacher_dim: int) -> SAMI:
     """As `SamiTask.build_model`: the EfficientSAM encoder config, the paper's decoder."""
     encoder = ImageEncoderViT(es.get_config(name).image_encoder)
@@ -129,12 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed batches; default: 5 on CPU, 20 on CUDA")
     p.add_argument("--cache-rows", type=int, default=512, help="rows in the temporary shard (reads wrap around)")
     p.add_argument("--cache-views", type=int, default=1, help="fixed views per image in the cache projection")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="device peak in TFLOP/s for the %% of peak, e.g. 989 (H100 SXM dense bf16)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the full results here")
-    p.add_argument("--markdown", default=None, help="write the markdown table here")
+    add_common_args(p)
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -247,19 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         f"plain {args.dtype} 2048^2 matmul rate: {mm_before:.3f} TFLOP/s before, {mm_after:.3f} after the timings "
         "(a drop means the machine was slowed by something else)",
     ]
-    md = "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    print(md)
-    argv = sys.argv[1:] if argv is None else argv
-    command = "python -m benchmarks.sami_speed " + " ".join(shlex.quote(a) for a in argv)
-    report = {"command": command, "machine": machine, "args": vars(args) | {"batch_size": bs, "warmup": warmup,
-              "repeats": repeats}, "wall_s": time.perf_counter() - t_start,
-              "matmul_tflops": {"before": mm_before, "after": mm_after}, "results": results, "notes": notes}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(f"`{command}`\n\n{md}")
+    report = {"machine": machine, "args": vars(args) | {"batch_size": bs, "warmup": warmup, "repeats": repeats},
+              "wall_s": time.perf_counter() - t_start, "matmul_tflops": {"before": mm_before, "after": mm_after},
+              "results": results}
+    write_report("sami_speed", argv, lines, notes, report, args.json, args.markdown)
     return 0
 
 

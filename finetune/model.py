@@ -82,7 +82,7 @@ class InteractiveSam(nn.Module):
         self.sam, self.prompt, self.loss = sam, prompt, loss
         pcfg = sam.config.prompt_encoder
         self.mask_prompt = pcfg.mask_prompt
-        negatives = str(prompt.negatives).lower()  # YAML true/false arrive as "True"/"False"
+        negatives = prompt.negatives
         if negatives not in ("auto", "true", "false"):
             raise ValueError(f"prompt.negatives must be auto, true or false, not {prompt.negatives!r}")
         self.negatives = pcfg.negative_point_embed if negatives == "auto" else negatives == "true"

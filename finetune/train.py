@@ -42,7 +42,7 @@ class FinetuneConfig(RunConfig):
 
 
 def _streaming(cfg: DataConfig, layout: str) -> bool:
-    mode = str(cfg.streaming).lower()  # YAML true/false arrive as "True"/"False"
+    mode = cfg.streaming
     if mode not in ("auto", "true", "false"):
         raise ConfigError(f"data.streaming must be auto, true or false, not {cfg.streaming!r}")
     if mode == "true" and layout != "sa1b":

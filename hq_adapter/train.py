@@ -73,8 +73,7 @@ class HQAdapter(nn.Module):
         sam = self.sam
         dec, pe = sam.mask_decoder, sam.prompt_encoder
         with torch.no_grad():  # the frozen encoder: nothing trainable before the fusion
-            tokens, (early,) = sam.image_encoder.forward_tokens(batch["image"], (sam.config.hq.early_block,))
-            emb = sam.image_encoder.neck(tokens.permute(0, 3, 1, 2))
+            emb, early = sam.encode_image_early(batch["image"])
         hq_features = dec.hq_features(emb, early)
         b = emb.shape[0]
         logits = emb.new_zeros(b, 1, *hq_features.shape[-2:])

@@ -91,14 +91,19 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         """(B, 3, S, S) preprocessed images -> (B, 256, S/16, S/16) embeddings."""
         return self.image_encoder(images)
 
-    def encode_image_hq(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """HQ models: -> embeddings (B, 256, h, w) and HQ features (B, 32, 4h, 4w), the fusion of the
-        final embedding with the output of encoder block `hq.early_block` (computed once per image)."""
+    def encode_image_early(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HQ models: -> embeddings (B, 256, h, w) and the output of encoder block `hq.early_block`
+        (B, h, w, C), the two inputs of the HQ fusion."""
         if not self.is_hq:
-            raise ValueError("encode_image_hq needs an HQ model (config.hq is None)")
+            raise ValueError("the HQ encoding needs an HQ model (config.hq is None)")
         enc = self.image_encoder
         tokens, (early,) = enc.forward_tokens(images, (self.config.hq.early_block,))
-        emb = enc.neck(tokens.permute(0, 3, 1, 2))
+        return enc.neck(tokens.permute(0, 3, 1, 2)), early
+
+    def encode_image_hq(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HQ models: -> embeddings (B, 256, h, w) and HQ features (B, 32, 4h, 4w), the fusion of the
+        final embedding with the early feature (computed once per image)."""
+        emb, early = self.encode_image_early(images)
         return emb, self.mask_decoder.hq_features(emb, early)
 
     def decode(

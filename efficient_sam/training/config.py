@@ -153,6 +153,8 @@ def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML 1.1 reads true/false/yes/no/on/off as booleans
+            return "true" if value else "false"
         return str(value)
     return value
 

@@ -129,7 +129,7 @@ def resolve_resume(cfg: RunConfig) -> Path | None:
 
 
 def _mixed_precision(value: str) -> str:
-    value = "no" if str(value).lower() == "false" else value  # YAML 1.1 reads a bare `no` as false
+    value = "no" if value == "false" else value  # a bare YAML `no` arrives as false (config._coerce)
     if value == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     if value not in ("no", "bf16", "fp16"):
