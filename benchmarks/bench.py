@@ -15,7 +15,7 @@ GMACs come from `FlopCounterMode` on the meta device (GMACs = FLOPs / 2), cross-
 (SDPA handle registered). `--reference` times the official `segment_anything` model with the same
 weights in the same process (SAM models only; EfficientSAM has no official package installed).
 
-`--hq` adds, right after each model's row, its HQ-SAM variant `<model>+hq` (`hq_adapter.build_hq_model`:
+`--hq` adds, right after each model's row, its HQ-SAM variant `<model>+hq` (`efficient_sam.hq.build_hq_model`:
 the base plus the HQ token, its MLP and the fusion convs), timed the same way on the HQ path:
 `encoder` = `encode_image_hq` (encoder + the once-per-image global-local fusion), the decoders take
 the HQ features and return SAM + HQ logits (one mask per prompt), and a table "HQ over base" gives the
@@ -25,374 +25,31 @@ added parameters, GMACs and latency per backbone.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
-import math
-import os
-import platform
 import shlex
-import statistics
 import sys
-import threading
-import time
 import warnings
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 import efficient_sam as es
-from efficient_sam import transforms
-from efficient_sam.config import MaskDecoderConfig, PromptEncoderConfig, parse_override
+from efficient_sam.config import parse_override
+from efficient_sam.precision import DTYPES
 
 from . import flops as F_
+from .official import ReferenceUnavailable, build_official, check_reference
+from .report import PHASES, hq_overhead, markdown, plot, ratios  # noqa: F401 - PHASES: `bench.PHASES`
+from .runners import HQRunner, OfficialRunner, OursRunner
+from .timing import PeakMemory, machine_info, memory_kind, release_memory, rss_bytes, time_fn
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "photos" / "truck.jpg"
+DEFAULT_IMAGE = ROOT / "assets" / "photos" / "truck.jpg"
 DEFAULT_BOX = (425, 600, 700, 875)  # the SAM example's box on truck.jpg
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PHASES = ("encoder", "decoder_1", "decoder_n", "e2e")
 HQ_SUFFIX = "+hq"
-
-
-# ----------------------------------------------------------------------------------------------
-# Machine, memory, timing
-# ----------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    try:
-        import segment_anything  # noqa: F401
-
-        from importlib.metadata import version
-
-        info["segment_anything"] = version("segment-anything")
-    except Exception:  # noqa: BLE001
-        pass
-    return info
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    try:  # give freed heap back to the OS so the next RSS baseline is honest (glibc only)
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Peak memory over a block: CUDA `max_memory_allocated`, or on CPU the process RSS sampled
-    every few milliseconds, both relative to `baseline` bytes (see `memory_kind`)."""
-
-    def __init__(self, device: torch.device, baseline: int = 0, interval: float = 0.002) -> None:
-        self.device, self.baseline, self.interval = device, baseline, interval
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.peak = _rss_bytes()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes())
-
-    @property
-    def mb(self) -> float:
-        return max(self.peak - self.baseline, 0) / 2**20
-
-
-def memory_kind(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "torch.cuda.max_memory_allocated during the end-to-end runs (weights included)"
-    return "CPU: peak process RSS during the end-to-end runs minus RSS before the model was built (sampled)"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
-    """Warm-up calls, then `repeats` timed calls -> ms statistics (CUDA events on GPU)."""
-    first = None
-    with torch.inference_mode():
-        for i in range(warmup):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            if i == 0:
-                first = (time.perf_counter() - t0) * 1e3
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                _sync(device)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(float(start.elapsed_time(end)))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-    return {
-        "median": statistics.median(times), "min": min(times), "max": max(times),
-        "mean": statistics.fmean(times), "n": len(times), "first_warmup_ms": first, "all": times,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# The two implementations behind one small interface
-# ----------------------------------------------------------------------------------------------
-
-
-class ReferenceUnavailable(RuntimeError):
-    pass
-
-
-def check_reference(cfg) -> None:
-    """Raise `ReferenceUnavailable` unless the official SAM can express `cfg`."""
-    if cfg.family != "sam":
-        raise ReferenceUnavailable(
-            "no official implementation for EfficientSAM is installed; --reference covers SAM models only"
-        )
-    if cfg.mask_decoder != MaskDecoderConfig() or cfg.prompt_encoder != PromptEncoderConfig():
-        raise ReferenceUnavailable("the official SAM has a fixed prompt encoder / mask decoder; overrides differ")
-    enc = cfg.image_encoder
-    if not enc.use_rel_pos or enc.pos_embed != "grid" or enc.window_size <= 0:
-        raise ReferenceUnavailable("the official SAM encoder needs rel-pos, a grid pos-embed and windows")
-
-
-def build_official(cfg) -> torch.nn.Module:
-    """The official `segment_anything.Sam` with our config's architecture (SAM family only)."""
-    check_reference(cfg)
-    enc = cfg.image_encoder
-    try:
-        from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-    except ImportError as e:  # pragma: no cover - a dev dependency
-        raise ReferenceUnavailable(f"segment_anything is not installed ({e}); pip install segment-anything") from e
-    g = enc.grid_size
-    md = cfg.mask_decoder
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            depth=enc.depth, embed_dim=enc.embed_dim, img_size=enc.img_size, mlp_ratio=enc.mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=enc.norm_eps), num_heads=enc.num_heads,
-            patch_size=enc.patch_size, qkv_bias=enc.qkv_bias, use_rel_pos=True,
-            global_attn_indexes=tuple(enc.global_attn_indexes), window_size=enc.window_size,
-            out_chans=enc.out_chans,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=cfg.prompt_encoder.embed_dim, image_embedding_size=(g, g),
-            input_image_size=(enc.img_size, enc.img_size), mask_in_chans=cfg.prompt_encoder.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=md.num_multimask_outputs,
-            transformer=TwoWayTransformer(
-                depth=md.transformer_depth, embedding_dim=md.transformer_dim, mlp_dim=md.transformer_mlp_dim,
-                num_heads=md.transformer_num_heads,
-            ),
-            transformer_dim=md.transformer_dim, iou_head_depth=md.iou_head_depth,
-            iou_head_hidden_dim=md.iou_head_hidden_dim,
-        ),
-        pixel_mean=list(cfg.pixel_mean), pixel_std=list(cfg.pixel_std),
-    ).eval()
-
-
-def _scored_multimask(cfg) -> bool:
-    """A box prompt is scored from the single-mask output on SAM, best-of-3 on EfficientSAM (DESIGN.md)."""
-    return cfg.family == "efficient_sam"
-
-
-class OursRunner:
-    impl = "ours"
-
-    def __init__(self, model, device: torch.device, dtype: torch.dtype, compile_: bool | str) -> None:
-        self.model = model.to(device=device, dtype=dtype)
-        self.cfg = model.config
-        self.device, self.dtype = device, dtype
-        self.encoder = self.model.image_encoder
-        self.decoder = F_.DecoderCall(self.model)
-        self.decoder_single = F_.DecoderCall(self.model, multimask_output=_scored_multimask(self.cfg))
-        if compile_:
-            mode = compile_ if isinstance(compile_, str) else None
-            self.encoder = torch.compile(self.encoder, mode=mode)
-            self.decoder = torch.compile(self.decoder, mode=mode)
-            self.decoder_single = torch.compile(self.decoder_single, mode=mode)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decoder_extra_inputs(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Inputs the decoder takes besides the embedding and the boxes (none here)."""
-        return ()
-
-    def decode(self, emb: torch.Tensor, boxes: torch.Tensor, *extra: torch.Tensor):
-        return self.decoder(emb, boxes, *extra)
-
-    def _encode_for_decoder(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        return self.encoder(x), ()
-
-    def end_to_end(self, images: list[np.ndarray], box: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        x = torch.cat([transforms.preprocess(im, cfg, self.device) for im in images]).to(self.dtype)
-        emb, extra = self._encode_for_decoder(x)
-        size = images[0].shape[:2]
-        boxes = transforms.transform_boxes(box.to(self.device).expand(len(images), 4), size, cfg)
-        low, iou = self.decoder_single(emb, boxes, *extra)  # one prompt per image, one decoder call
-        if low.shape[1] > 1:
-            low = low[torch.arange(low.shape[0], device=low.device), iou.argmax(1)][:, None]
-        return transforms.postprocess_masks(low.float(), size, cfg) > cfg.mask_threshold
-
-
-class HQRunner(OursRunner):
-    """An HQ-SAM model (`build_hq_model`) on its HQ path: the encoder call is `encode_image_hq` (encoder +
-    the fusion, once per image), the decoder calls take the HQ features and return SAM + HQ logits
-    (`hq_token_only=False`; one mask per prompt whatever `multimask_output`). `torch.compile` compiles
-    these two calls the way `OursRunner` compiles the encoder and the decoder."""
-
-    impl = "ours"
-
-    def __init__(self, model, device: torch.device, dtype: torch.dtype, compile_: bool | str) -> None:
-        if not getattr(model, "is_hq", False):
-            raise ValueError("HQRunner needs an HQ model (hq_adapter.build_hq_model)")
-        self.model = model.to(device=device, dtype=dtype)
-        self.cfg = model.config
-        self.device, self.dtype = device, dtype
-        self.encoder = F_.HQEncoderCall(self.model)
-        self.decoder = F_.HQDecoderCall(self.model)
-        self.decoder_single = F_.HQDecoderCall(self.model, multimask_output=_scored_multimask(self.cfg))
-        if compile_:
-            mode = compile_ if isinstance(compile_, str) else None
-            self.encoder = torch.compile(self.encoder, mode=mode)
-            self.decoder = torch.compile(self.decoder, mode=mode)
-            self.decoder_single = torch.compile(self.decoder_single, mode=mode)
-
-    def decoder_extra_inputs(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Random HQ features (B_img, D/8, 4h, 4w) for `emb` (B_img, D, h, w), like the random embedding."""
-        b, d, h, w = emb.shape
-        return (torch.randn(b, d // 8, 4 * h, 4 * w, device=emb.device).to(emb.dtype),)
-
-    def _encode_for_decoder(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        emb, hq = self.encoder(x)
-        return emb, (hq,)
-
-
-class OfficialRunner:
-    """segment_anything's modules, used the way its `SamPredictor` uses them.
-
-    For bf16/fp16 the (tiny) official prompt encoder stays fp32 and its outputs are cast, since the
-    official code multiplies fp32 coordinates with its PE matrix and fails in low precision.
-    """
-
-    impl = "official"
-
-    def __init__(self, ours_model, device: torch.device, dtype: torch.dtype, compile_: bool | str) -> None:
-        from segment_anything.utils.transforms import ResizeLongestSide
-
-        self.cfg = ours_model.config
-        official = build_official(self.cfg)
-        official.load_state_dict({k: v.float() for k, v in ours_model.state_dict().items()}, strict=True)
-        official.to(device)
-        official.image_encoder.to(dtype)
-        official.mask_decoder.to(dtype)
-        self.model = official
-        self.device, self.dtype = device, dtype
-        self.resize = ResizeLongestSide(official.image_encoder.img_size)
-        self.encoder = official.image_encoder
-        self.decoder = self._decode
-        if compile_:
-            mode = compile_ if isinstance(compile_, str) else None
-            self.encoder = torch.compile(self.encoder, mode=mode)
-            self.decoder = torch.compile(self._decode, mode=mode)
-
-    def _decode(self, emb: torch.Tensor, boxes: torch.Tensor, multimask_output: bool = True):
-        pe = self.model.prompt_encoder
-        sparse, dense = pe(points=None, boxes=boxes, masks=None)
-        return self.model.mask_decoder(
-            image_embeddings=emb, image_pe=pe.get_dense_pe().to(emb.dtype),
-            sparse_prompt_embeddings=sparse.to(emb.dtype), dense_prompt_embeddings=dense.to(emb.dtype),
-            multimask_output=multimask_output,
-        )
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decoder_extra_inputs(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return ()
-
-    def decode(self, emb: torch.Tensor, boxes: torch.Tensor):
-        return self.decoder(emb, boxes)
-
-    def end_to_end(self, images: list[np.ndarray], box: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        xs = []
-        for im in images:  # SamPredictor.set_image
-            inp = torch.as_tensor(self.resize.apply_image(im), device=self.device).permute(2, 0, 1).contiguous()
-            xs.append(m.preprocess(inp[None].float()))
-        input_size = tuple(int(s) for s in self.resize.get_preprocess_shape(*images[0].shape[:2], self.resize.target_length))
-        emb = self.encoder(torch.cat(xs).to(self.dtype))
-        size = images[0].shape[:2]
-        boxes = self.resize.apply_boxes_torch(box.to(self.device)[None], size)
-        out = []
-        for i in range(len(images)):  # the official mask decoder takes one image embedding per call
-            low, _ = self.decoder(emb[i : i + 1], boxes, False)
-            out.append(m.postprocess_masks(low.float(), input_size, size) > m.mask_threshold)
-        return torch.cat(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,7 +62,7 @@ def load_photo(path: str | None) -> tuple[np.ndarray, tuple[float, float, float,
     if p.exists():
         img = np.array(Image.open(p).convert("RGB"))
         box = DEFAULT_BOX if (path is None and img.shape[:2] == (1200, 1800)) else None
-    else:  # no shared data: a smooth synthetic 1200x1800 image
+    else:  # no photo: a smooth synthetic 1200x1800 image
         if path:
             raise FileNotFoundError(f"--image {p} does not exist")
         yy, xx = np.mgrid[0:1200, 0:1800]
@@ -460,12 +117,12 @@ def run_one(
         if progress is not None:
             progress.set_postfix_str(f"{label} [{impl}] {s}", refresh=True)
 
-    _release_memory(device)
-    baseline = 0 if device.type == "cuda" else _rss_bytes()
+    release_memory(device)
+    baseline = 0 if device.type == "cuda" else rss_bytes()
     torch.manual_seed(args.seed)
     phase("build")
     if hq:
-        from hq_adapter import build_hq_model
+        from efficient_sam.hq import build_hq_model
 
         ours = build_hq_model(name, **overrides)
     else:
@@ -538,237 +195,8 @@ def run_one(
     if args.compile:
         res["compile_first_call_ms"] = {k: v["first_warmup_ms"] for k, v in lat.items()}
     del runner, x, emb1, extra1
-    _release_memory(device)
+    release_memory(device)
     return res
-
-
-# ----------------------------------------------------------------------------------------------
-# Reports
-# ----------------------------------------------------------------------------------------------
-
-
-def _g(v: float | None) -> str:
-    """1 decimal for large numbers, 3 significant digits for small ones (tiny test configs); "-" for none."""
-    if v is None:
-        return "-"
-    return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
-
-
-def _ms(v: float) -> str:
-    """A signed latency difference: 1 decimal, 2 below 10 ms (GPU decoders)."""
-    return f"{v:+.1f}" if abs(v) >= 10 else f"{v:+.2f}"
-
-
-def _pct(added: float | None, base: float | None) -> str:
-    return f"{100 * added / base:+.1f}%" if added is not None and base else "-"
-
-
-def _fmt_lat(d: dict | None) -> str:
-    if not d:
-        return "-"
-    return f"{d['median']:.1f} ({d['min']:.1f}–{d['max']:.1f})"
-
-
-def ratios(results: list[dict]) -> list[dict]:
-    out = []
-    by = {(r["model"], r["impl"]): r for r in results if "latency_ms" in r}
-    for (model, impl), r in by.items():
-        ref = by.get((model, "official"))
-        if impl != "ours" or ref is None:
-            continue
-        out.append({
-            "model": model,
-            **{p: r["latency_ms"][p]["median"] / ref["latency_ms"][p]["median"] for p in PHASES},
-        })
-    return out
-
-
-def hq_overhead(results: list[dict]) -> list[dict]:
-    """Per backbone with both rows timed: what the HQ variant adds over its base (ours vs ours).
-    Latency: differences of medians, in ms and relative to the base."""
-    out = []
-    by = {(r["model"], r["impl"]): r for r in results if "latency_ms" in r}
-    for r in results:
-        if not r.get("hq") or "latency_ms" not in r:
-            continue
-        base = by.get((r["base_model"], "ours"))
-        if base is None:
-            continue
-        row: dict[str, Any] = {
-            "model": r["base_model"], "params_base": base["params"], "params_added": r["params"] - base["params"],
-        }
-        for key in ("gmacs_encoder", "gmacs_decoder_per_prompt"):
-            a, b = r.get(key), base.get(key)
-            row[f"{key}_added"] = None if a is None or b is None else a - b
-            row[f"{key}_base"] = b
-        for p in PHASES:
-            b = base["latency_ms"][p]["median"]
-            row[f"{p}_base_ms"] = b
-            row[f"{p}_added_ms"] = r["latency_ms"][p]["median"] - b
-        out.append(row)
-    return out
-
-
-def markdown(report: dict) -> str:
-    a = report["args"]
-    n = a["prompts"]
-    lines = [
-        f"Device `{report['machine'].get('gpu', report['machine']['cpu'])}` ({a['device']}), dtype {a['dtype']}, "
-        f"batch {a['batch_size']}, input {a['image_size']} px, torch {report['machine']['torch']}, "
-        f"{report['machine']['torch_threads']} threads, compile={a['compile']}, warm-up {a['warmup']}, "
-        f"repeats {a['repeats']}. Latency in ms: median (min–max).",
-        "",
-        f"| model | impl | params (M) | encoder GMACs | decoder GMACs / prompt | encoder | decoder, 1 box "
-        f"| decoder, {n} boxes | end to end | img/s | peak mem (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['impl']} | error: {r['error'][:80]} |||||||||")
-            continue
-        lat = r["latency_ms"]
-        lines.append(
-            f"| {r['model']} | {r['impl']} | {r['params'] / 1e6:.2f} | {_g(r.get('gmacs_encoder'))} | "
-            f"{_g(r.get('gmacs_decoder_per_prompt'))} | {_fmt_lat(lat['encoder'])} | {_fmt_lat(lat['decoder_1'])} | "
-            f"{_fmt_lat(lat['decoder_n'])} | {_fmt_lat(lat['e2e'])} | {r['throughput_img_s']:.2f} | "
-            f"{r['peak_mem_mb']:.0f} |"
-        )
-    if report["ratios"]:
-        lines += [
-            "",
-            f"Ours / official (median latency; < 1 means ours is faster):",
-            "",
-            f"| model | encoder | decoder, 1 box | decoder, {n} boxes | end to end |",
-            "|---|---|---|---|---|",
-        ]
-        for q in report["ratios"]:
-            lines.append(
-                f"| {q['model']} | {q['encoder']:.2f} | {q['decoder_1']:.2f} | {q['decoder_n']:.2f} | {q['e2e']:.2f} |"
-            )
-    hq = report.get("hq_overhead") or []
-    if hq:
-        lines += [
-            "",
-            "HQ over base (`<model>+hq` minus `<model>`, ours; latency: difference of medians, in ms and % of the "
-            "base; HQ encoder = encoder + the once-per-image fusion; HQ decoder = with the HQ features, per call):",
-            "",
-            f"| model | params added | encoder GMACs added | decoder GMACs / prompt added | encoder | decoder, 1 box "
-            f"| decoder, {n} boxes | end to end |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for q in hq:
-            cells = [
-                f"{q['params_added']:,} ({_pct(q['params_added'], q['params_base'])})",
-                f"{_g(q['gmacs_encoder_added'])} ({_pct(q['gmacs_encoder_added'], q['gmacs_encoder_base'])})",
-                f"{_g(q['gmacs_decoder_per_prompt_added'])} "
-                f"({_pct(q['gmacs_decoder_per_prompt_added'], q['gmacs_decoder_per_prompt_base'])})",
-            ] + [f"{_ms(q[f'{p}_added_ms'])} ms ({_pct(q[f'{p}_added_ms'], q[f'{p}_base_ms'])})" for p in PHASES]
-            lines.append(f"| {q['model']} | " + " | ".join(cells) + " |")
-    fv = [r for r in report["results"] if "fvcore_gmacs_encoder" in r]
-    if fv:
-        lines += [
-            "",
-            "GMACs cross-check (FlopCounterMode on meta / 2 vs fvcore with an SDPA handle; fvcore also counts norms):",
-            "",
-            "| model | encoder FlopCounterMode | encoder fvcore | diff | decoder FlopCounterMode | decoder fvcore | diff |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in fv:
-            lines.append(
-                f"| {r['model']} | {r['gmacs_encoder']:.5g} | {r['fvcore_gmacs_encoder']:.5g} | "
-                f"{100 * r['fvcore_rel_diff_encoder']:+.2f}% | {r['gmacs_decoder_per_prompt']:.5g} | "
-                f"{r['fvcore_gmacs_decoder_per_prompt']:.5g} | {100 * r['fvcore_rel_diff_decoder']:+.2f}% |"
-            )
-    notes = report.get("notes", [])
-    if notes:
-        lines += [""] + [f"- {s}" for s in notes]
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict, path: str | Path) -> None:
-    """Latency (end to end, median) vs parameters, log-log, drawn with PIL."""
-    from PIL import ImageDraw, ImageFont
-
-    pts = [r for r in report["results"] if "latency_ms" in r]
-    W, H = 900, 600
-    L, R, T, B = 90, 30, 50, 70
-    im = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(im)
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    a = report["args"]
-    d.text((L, 15), f"End-to-end latency vs parameters ({a['device']}, {a['dtype']}, batch {a['batch_size']}, "
-                    f"{a['image_size']} px)", fill="black", font=font)
-    if not pts:
-        im.save(path)
-        return
-    xs = [r["params"] / 1e6 for r in pts]
-    ys = [r["latency_ms"]["e2e"]["median"] for r in pts]
-
-    def bounds(v: list[float]) -> tuple[float, float]:
-        lo, hi = math.log10(min(v)), math.log10(max(v))
-        pad = max(0.15, (1.0 - (hi - lo)) / 2)  # at least one decade shown
-        return lo - pad, hi + pad
-
-    lo_x, hi_x = bounds(xs)
-    lo_y, hi_y = bounds(ys)
-
-    def px(v: float) -> float:
-        return L + (math.log10(v) - lo_x) / (hi_x - lo_x) * (W - L - R)
-
-    def py(v: float) -> float:
-        return H - B - (math.log10(v) - lo_y) / (hi_y - lo_y) * (H - T - B)
-
-    def ticks(lo: float, hi: float):
-        for e in range(math.floor(lo), math.ceil(hi) + 1):
-            for m in range(1, 10):
-                v = m * 10.0**e
-                if lo <= math.log10(v) <= hi:
-                    yield v, m
-
-    for v, m in ticks(lo_x, hi_x):
-        x = px(v)
-        d.line([(x, T), (x, H - B)], fill=(170, 170, 170) if m == 1 else (225, 225, 225))
-        if m in (1, 2, 5):
-            d.text((x - 8, H - B + 8), f"{v:g}", fill="black", font=font)
-    for v, m in ticks(lo_y, hi_y):
-        y = py(v)
-        d.line([(L, y), (W - R, y)], fill=(170, 170, 170) if m == 1 else (225, 225, 225))
-        if m in (1, 2, 5):
-            d.text((L - 60, y - 7), f"{v:g}", fill="black", font=font)
-    d.rectangle([L, T, W - R, H - B], outline="black")
-    d.text(((L + W - R) // 2 - 80, H - 35), "parameters (millions, log scale)", fill="black", font=font)
-    d.text((8, T - 18), "end-to-end latency, ms (log)", fill="black", font=font)
-    colors = {"ours": (31, 119, 180), "official": (214, 39, 40), "hq": (44, 160, 44)}
-    placed: list[tuple[float, float, float, float]] = []
-    for r, x, y in sorted(zip(pts, xs, ys), key=lambda t: -t[2]):  # top to bottom
-        cx, cy = px(x), py(y)
-        c = colors["hq"] if r.get("hq") else colors.get(r["impl"], (0, 0, 0))
-        if r["impl"] == "official":
-            d.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], outline=c, width=2)
-        else:
-            d.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=c)
-        label = f"{r['model']} ({r['impl']}) {y:.0f} ms"
-        x0, x1 = d.textbbox((0, 0), label, font=font)[0::2]
-        lw, lh = x1 - x0, 14
-        lx, ly = cx + 8, cy - lh
-        if lx + lw > W - 4:
-            lx = cx - 8 - lw
-        while any(lx < b[2] and b[0] < lx + lw and ly < b[3] and b[1] < ly + lh for b in placed):
-            ly += lh  # below the labels already drawn
-        placed.append((lx, ly, lx + lw, ly + lh))
-        d.text((lx, ly), label, fill=c, font=font)
-    lx = W - R - 190  # legend above the frame, right
-    d.ellipse([lx, 10, lx + 10, 20], fill=colors["ours"])
-    d.text((lx + 16, 8), "ours", fill="black", font=font)
-    if any(r.get("hq") for r in pts):
-        d.ellipse([lx - 90, 10, lx - 80, 20], fill=colors["hq"])
-        d.text((lx - 74, 8), "ours + HQ", fill="black", font=font)
-    d.rectangle([lx, 28, lx + 10, 38], outline=colors["official"], width=2)
-    d.text((lx + 16, 26), "official segment_anything", fill="black", font=font)
-    im.save(path)
 
 
 # ----------------------------------------------------------------------------------------------

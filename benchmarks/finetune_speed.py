@@ -45,13 +45,14 @@ from finetune.losses import LossConfig
 from finetune.model import InteractiveSam, ModelConfig, build_finetune_model
 from finetune.prompt_simulation import PromptConfig
 
-from .bench import machine_info
-from .sami_speed import add_common_args, count_flops, matmul_tflops, stats, timed, write_report
+from .flops import count_flops
+from .report import add_common_args, write_report
+from .timing import machine_info, matmul_tflops, step_rates
 
 MODELS = {"vitt": "efficient_sam_vitt", "vits": "efficient_sam_vits"}
 DECODERS = ("efficient_sam", "sam")
 SA1B_IMAGES = 11_185_362
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "grabcut"
+DATA = Path(__file__).resolve().parents[1] / "assets" / "grabcut"
 
 
 def make_batch(model: InteractiveSam, records: list, batch_size: int, masks: int) -> dict[str, torch.Tensor]:
@@ -75,14 +76,14 @@ def meta_flops(mcfg: ModelConfig, model: InteractiveSam) -> dict[str, float]:
         warnings.simplefilter("ignore")
         m = InteractiveSam(build_finetune_model(mcfg), model.prompt, model.loss)
         s = m.sam.img_size
-        enc = count_flops(lambda: m.sam.encode_image(torch.randn(1, 3, s, s)).sum().backward())
+        enc = count_flops(lambda: m.sam.encode_image(torch.randn(1, 3, s, s)).sum().backward())[0]
         g = m.sam.config.image_encoder.grid_size
         emb = torch.randn(1, m.sam.config.mask_decoder.transformer_dim, g, g, requires_grad=True)
 
         def dec(n_points: int, mask_in: bool) -> int:
             coords, labels = torch.rand(1, n_points, 2) * s, torch.ones(1, n_points, dtype=torch.long)
             mask = torch.randn(1, 1, 4 * g, 4 * g) if mask_in else None
-            return count_flops(lambda: sum(t.float().sum() for t in m._decode(emb, coords, labels, mask)).backward())
+            return count_flops(lambda: sum(t.float().sum() for t in m._decode(emb, coords, labels, mask)).backward())[0]
 
         per_round = (dec(2, False) + dec(2 + m.point_rounds, m.mask_prompt)) / 2
     return {"encoder_gflops_per_img": enc / 1e9, "decoder_gflops_per_mask_round": per_round / 1e9}
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"timing {args.warmup}+{args.repeats} steps")
             if not cpu:
                 torch.cuda.reset_peak_memory_stats(device)
-            t = stats(timed(step, device, args.warmup, args.repeats), args.batch_size)
+            t = step_rates(step, device, args.warmup, args.repeats, args.batch_size)
             peak_mb = (torch.cuda.max_memory_allocated(device) if not cpu
                        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
             r = {"model": MODELS[key], "decoder": dec_name, "img_size": model.sam.img_size, "rounds": rounds,

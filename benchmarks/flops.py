@@ -58,8 +58,8 @@ def meta_model(name: str | SamConfig, **overrides: Any) -> nn.Module:
 
 
 def meta_hq_model(name: str | SamConfig, **overrides: Any) -> nn.Module:
-    """The HQ-SAM model on `name` (`hq_adapter.build_hq_model`) built on the meta device."""
-    from hq_adapter import build_hq_model
+    """The HQ-SAM model on `name` (`efficient_sam.hq.build_hq_model`) built on the meta device."""
+    from efficient_sam.hq import build_hq_model
 
     with torch.device("meta"):
         model = build_hq_model(name, **overrides)
@@ -167,7 +167,7 @@ def param_counts(model: nn.Module) -> dict[str, int]:
         "mask_decoder": n(model.mask_decoder),
     }
     if getattr(model, "is_hq", False):  # HQ-SAM: the adapter's share (inside mask_decoder)
-        from hq_adapter import is_adapter_key
+        from efficient_sam.hq import is_adapter_key
 
         out["hq_adapter"] = sum(p.numel() for k, p in model.named_parameters() if is_adapter_key(k))
     return out

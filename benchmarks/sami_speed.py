@@ -27,27 +27,24 @@ Data loading (JPEG decode, crops) is not timed in any of them.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import statistics
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.flop_counter import FlopCounterMode
 
 import efficient_sam as es
 from efficient_sam.modeling.image_encoder import ImageEncoderViT
 from pretrain_sami.model import SAMI, sami_loss
 from pretrain_sami.teacher import Teacher, load_teacher_encoder
 
-from .bench import machine_info
+from .flops import count_flops
+from .report import add_common_args, write_report
+from .timing import machine_info, matmul_tflops, step_rates
 
 STUDENTS = {"vitt": "efficient_sam_vitt", "vits": "efficient_sam_vits"}
 IMAGENET_TRAIN = 1_281_167
@@ -56,71 +53,10 @@ SIZE = 224
 DECODER = dict(mask_ratio=0.75, decoder_dim=512, decoder_depth=8, decoder_heads=16)
 
 
-def timed(step: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call of `step` after `warmup` untimed calls."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def stats(times: list[float], batch: int) -> dict[str, Any]:
-    med = statistics.median(times)
-    return {"per_s": batch / med, "median_ms": med * 1e3, "min_ms": min(times) * 1e3,
-            "max_ms": max(times) * 1e3, "all_ms": [t * 1e3 for t in times]}
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, calls: int = 10) -> float:
-    """A plain matmul rate, taken before and after the run: on a shared machine a drop flags
-    interference (noisy neighbours) during the timings."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    med = statistics.median(timed(lambda: [a @ b for _ in range(calls)], device, 1, 3))
-    return 2 * n**3 * calls / med / 1e12
-
-
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    """The options every training-speed script shares: peak, threads, seed and the two report files."""
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="device peak in TFLOP/s for the %% of peak, e.g. 989 (H100 SXM dense bf16)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the full results here")
-    p.add_argument("--markdown", default=None, help="write the markdown table here")
-
-
-def write_report(module: str, argv: list[str] | None, table: list[str], notes: list[str], report: dict,
-                 json_path: str | None, markdown_path: str | None) -> None:
-    """Print the markdown (table + notes) and write it and the JSON report (with the command line)."""
-    md = "\n".join(table) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    print(md)
-    argv = sys.argv[1:] if argv is None else argv
-    command = f"python -m benchmarks.{module} " + " ".join(shlex.quote(a) for a in argv)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({"command": command, **report, "notes": notes}, indent=2, default=str))
-    if markdown_path:
-        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(markdown_path).write_text(f"`{command}`\n\n{md}")
-
-
 def build_student(name: str, teacher_dim: int) -> SAMI:
     """As `SamiTask.build_model`: the EfficientSAM encoder config, the paper's decoder."""
     encoder = ImageEncoderViT(es.get_config(name).image_encoder)
     return SAMI(encoder, teacher_dim, SIZE // encoder.cfg.patch_size, **DECODER)
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def meta_flops(teacher_name: str, student_name: str) -> tuple[int, int]:
@@ -129,10 +65,10 @@ def meta_flops(teacher_name: str, student_name: str) -> tuple[int, int]:
         warnings.simplefilter("ignore")
         enc = es.build_model(teacher_name).image_encoder.requires_grad_(False)
         x = torch.randn(1, 3, SIZE, SIZE)
-        teacher = count_flops(lambda: enc.forward_tokens(x))  # what Teacher runs for pre_neck (autocast has no meta)
+        teacher = count_flops(lambda: enc.forward_tokens(x))[0]  # what Teacher runs for pre_neck (autocast has no meta)
         model = build_student(student_name, enc.cfg.embed_dim)
         target = torch.randn(1, model.num_tokens, enc.cfg.embed_dim)
-        student = count_flops(lambda: sami_loss(model(x)[0], target).backward())
+        student = count_flops(lambda: sami_loss(model(x)[0], target).backward())[0]
     return teacher, student
 
 
@@ -178,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher = Teacher(load_teacher_encoder(args.teacher), "pre_neck", amp).to(device)
     images = torch.randn(bs, 3, SIZE, SIZE, device=device)
     log(f"teacher {args.teacher}: timing {warmup}+{repeats} batches of {bs}")
-    t_teacher = stats(timed(lambda: teacher(images), device, warmup, repeats), bs)
+    t_teacher = step_rates(lambda: teacher(images), device, warmup, repeats, bs)
     log(f"teacher: {t_teacher['per_s']:.2f} img/s")
     n_tok, dim = (SIZE // teacher.encoder.cfg.patch_size) ** 2, teacher.dim
     row_bytes = n_tok * dim * 2
@@ -211,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                     return torch.stack(rows).to(device).float()
 
                 log(f"{key}: student step")
-                t_student = stats(timed(lambda: student_step(fixed_target), device, warmup, repeats), bs)
+                t_student = step_rates(lambda: student_step(fixed_target), device, warmup, repeats, bs)
                 log(f"{key}: no cache (teacher + student step)")
-                t_nocache = stats(timed(lambda: student_step(teacher(images)), device, warmup, repeats), bs)
+                t_nocache = step_rates(lambda: student_step(teacher(images)), device, warmup, repeats, bs)
                 log(f"{key}: with cache (shard read + student step)")
-                t_cache = stats(timed(lambda: student_step(read_targets()), device, warmup, repeats), bs)
+                t_cache = step_rates(lambda: student_step(read_targets()), device, warmup, repeats, bs)
                 f_teacher, f_student = meta_flops(args.teacher, name)
                 total = EPOCHS * IMAGENET_TRAIN
                 fill_h = args.cache_views * IMAGENET_TRAIN / t_teacher["per_s"] / 3600

@@ -18,8 +18,14 @@ import torch
 from torch import nn
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
+from .errors import CheckpointError
+
+__all__ = [
+    "CheckpointError", "read_state_dict", "detect_format", "to_our_layout", "check_state_dict", "check_finite",
+    "load_strict",
+    "load_checkpoint", "from_efficient_sam_layout", "to_efficient_sam_layout", "from_transformers_layout",
+    "to_transformers_layout", "from_timm_samvit_layout", "to_timm_samvit_layout", "KNOWN_FORMATS",
+]
 
 
 # EfficientSAM official key -> ours (regex, replacement), applied in order.
@@ -249,19 +255,24 @@ def to_our_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     if fmt == "hq_sam":
         raise CheckpointError(
             "this is an HQ-SAM checkpoint (it has mask_decoder.hf_token); load it with "
-            "efficient_sam.from_pretrained(...) or hq_adapter.build_hq_model(..., checkpoint=...) instead of a "
+            "efficient_sam.from_pretrained(...) or efficient_sam.build_hq_model(..., checkpoint=...) instead of a "
             "plain SAM model"
         )
     return dict(state_dict)
 
 
 def check_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", layout: str | None = None
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    layout: str | None = None,
+    expected: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Raise CheckpointError naming missing keys, unexpected keys and shape conflicts, if any.
 
-    `layout`: the file's original format, for the message (default: detected from `state_dict`)."""
-    expected = model.state_dict()
+    `layout`: the file's original format, for the message (default: detected from `state_dict`).
+    `expected`: the part of `model.state_dict()` the file must match exactly (default: all of it)."""
+    expected = model.state_dict() if expected is None else expected
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = sorted(
@@ -289,11 +300,39 @@ def check_state_dict(
     raise CheckpointError("\n".join(msg))
 
 
+def load_strict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    layout: str | None = None,
+    expected: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """`check_state_dict` then `load_state_dict`: the one strict load. With `expected` (a subset of the
+    model's state dict, e.g. an adapter) exactly that subset is loaded and the rest is left as it is."""
+    check_state_dict(model, state_dict, source, layout=layout, expected=expected)
+    check_finite(state_dict, source, keys=None if expected is None else expected.keys())
+    model.load_state_dict(state_dict, strict=expected is None)
+    return model
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", keys=None) -> None:
+    """Raise CheckpointError naming the tensors that hold NaN or inf (one `isfinite(t).all()` per
+    floating-point tensor; `keys`: only these). Such weights load but every output is NaN."""
+    bad = sorted(
+        k for k in (state_dict if keys is None else keys)
+        if (t := state_dict[k]).is_floating_point() or t.is_complex()
+        if t.device.type != "meta" and not bool(torch.isfinite(t).all())
+    )
+    if bad:
+        shown = "\n    ".join(bad[:20]) + (f"\n    ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise CheckpointError(
+            f"{source} holds non-finite values (NaN or inf) in {len(bad)} tensor(s); it is not loaded, since "
+            f"every prediction would be NaN (a diverged run or a corrupt file):\n    {shown}"
+        )
+
+
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> nn.Module:
     """Convert `checkpoint` (path or state dict in any supported layout) and load it strictly."""
     source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "state dict"
     sd = read_state_dict(checkpoint) if not isinstance(checkpoint, Mapping) else dict(checkpoint)
-    sd = to_our_layout(sd)
-    check_state_dict(model, sd, source)
-    model.load_state_dict(sd, strict=True)
-    return model
+    return load_strict(model, to_our_layout(sd), source)

@@ -7,6 +7,7 @@ official one wants them already transformed), so `predict` and `predict_torch` a
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -21,16 +22,32 @@ EFFICIENT_SAM_LABELS = (-1, 0, 1, 2, 3)
 
 
 def as_rgb_uint8(image, image_format: str = "RGB") -> np.ndarray:
-    """PIL image or HxW / HxWx1 / HxWx3 / HxWx4 uint8 array -> contiguous HxWx3 uint8 RGB."""
+    """PIL image or HxW / HxWx1 / HxWx3 / HxWx4 uint8 array -> contiguous HxWx3 uint8 RGB.
+
+    `image_format="BGR"` flips the channels of arrays and PIL images alike. PIL images with more than
+    8 bits per channel (modes I, I;16*, F) are refused, as uint16 / int32 / float arrays are:
+    `convert("RGB")` would clip them to 0-255.
+    """
     if image_format not in ("RGB", "BGR"):
         raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
     if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"))
+        if image.mode in ("I", "F") or image.mode.startswith("I;"):
+            raise TypeError(
+                f"image has PIL mode {image.mode!r} (16-bit, 32-bit or float values), which convert('RGB') "
+                f"clips to 0-255; scale it to 8 bits first, e.g. (np.asarray(img) / 257).round().astype(np.uint8) "
+                f"for a full-range 16-bit image, (np.asarray(img) * 255).round().astype(np.uint8) for a [0, 1] "
+                f"float image"
+            )
+        try:
+            arr = np.asarray(image.convert("RGB"))
+        except ValueError as e:  # e.g. "conversion from La to L not supported"
+            raise ValueError(f"image: cannot convert PIL mode {image.mode!r} to RGB ({e})") from None
     else:
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().numpy()
         if not isinstance(image, np.ndarray):
-            raise TypeError(f"expected a numpy array or PIL image, got {type(image).__name__}")
+            hint = " (open a file with PIL.Image.open first)" if isinstance(image, (str, bytes, os.PathLike)) else ""
+            raise TypeError(f"expected a numpy array or PIL image, got {type(image).__name__}{hint}")
         if image.dtype != np.uint8:
             raise TypeError(
                 f"expected a uint8 image (values 0-255), got dtype {image.dtype}; "
@@ -39,8 +56,10 @@ def as_rgb_uint8(image, image_format: str = "RGB") -> np.ndarray:
         if image.ndim == 2:
             image = image[:, :, None]
         if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+            chw = image.ndim == 3 and image.shape[0] in (1, 3, 4)
             raise ValueError(
                 f"expected an HxWx3 RGB image (HxW grayscale and HxWx4 RGBA are converted), got shape {image.shape}"
+                + ("; a CxHxW tensor? permute(1, 2, 0) it first" if chw else "")
             )
         if image.shape[2] == 1:
             arr = np.repeat(image, 3, axis=2)
@@ -48,8 +67,8 @@ def as_rgb_uint8(image, image_format: str = "RGB") -> np.ndarray:
             arr = image[:, :, :3]  # PIL's RGBA -> RGB: alpha is dropped
         else:
             arr = image
-        if image_format == "BGR":
-            arr = arr[:, :, ::-1]
+    if image_format == "BGR":
+        arr = arr[:, :, ::-1]
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"image is empty (shape {arr.shape})")
     return np.ascontiguousarray(arr)
@@ -120,10 +139,12 @@ class SamPredictor:
             coords = _array(point_coords, "point_coords", (None, 2))[None]
             labels = _array(point_labels, "point_labels", (None,))[None]
         if box is not None:
-            # (4,) or, as in the official notebook, (1, 4)
-            boxes = _array(np.reshape(box, 4), "box", (4,)).reshape(1, 4) if np.size(box) == 4 else None
-            if boxes is None:
-                raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {np.shape(box)}")
+            boxes = _array(box, "box", None)
+            if boxes.shape not in ((4,), (1, 4)):  # (1, 4) as in the official notebook
+                raise ValueError(
+                    f"box must have 4 numbers (x0, y0, x1, y1), shape (4,) or (1, 4), got shape {boxes.shape}"
+                )
+            boxes = boxes.reshape(1, 4)
         if mask_input is not None:
             masks = _array(mask_input, "mask_input", (1, None, None))[None]
         out_masks, iou, low_res = self.predict_torch(
@@ -150,8 +171,20 @@ class SamPredictor:
         """
         self._require_image()
         cfg = self.model.config
-        coords, labels, boxes, mask_input = self._validate(point_coords, point_labels, boxes, mask_input)
+        multimask_output = _flag(multimask_output, "multimask_output")
+        return_logits = _flag(return_logits, "return_logits")
+        hq_token_only = _flag(hq_token_only, "hq_token_only")
+        if hq_token_only and not self.model.is_hq:
+            raise ValueError("hq_token_only applies to HQ models only")
+        coords, labels, boxes, mask_input, batch = self._validate(point_coords, point_labels, boxes, mask_input)
         dev = self.device
+        if batch == 0:  # an empty batch gives empty outputs of the usual shapes
+            c = 1 if self.model.is_hq or not multimask_output else self.model.mask_decoder.num_multimask_outputs
+            s = 4 * self.model.prompt_encoder.image_embedding_size[0]
+            mask_dtype = torch.float32 if return_logits else torch.bool
+            masks = torch.empty(0, c, *self.original_size, device=dev, dtype=mask_dtype)
+            iou = torch.empty(0, c, device=dev, dtype=self.features.dtype)
+            return masks, iou, torch.empty(0, c, s, s, device=dev)
         if coords is not None:
             coords = transforms.transform_coords(coords.to(dev), self.original_size, cfg)
             labels = labels.to(dev)
@@ -160,8 +193,6 @@ class SamPredictor:
         if mask_input is not None:
             mask_input = mask_input.to(dev, self.features.dtype)
         hq = dict(hq_features=self.hq_features, hq_token_only=hq_token_only) if self.model.is_hq else {}
-        if hq_token_only and not self.model.is_hq:
-            raise ValueError("hq_token_only applies to HQ models only")
         low_res, iou = self.model.decode(self.features, coords, labels, boxes, mask_input, multimask_output, **hq)
         low_res = low_res.float()
         masks = transforms.postprocess_masks(low_res, self.original_size, cfg)
@@ -176,7 +207,8 @@ class SamPredictor:
             raise ValueError("point_coords and point_labels must be given together")
         batch = []
         if coords is not None:
-            coords, labels = torch.as_tensor(coords), torch.as_tensor(labels)
+            coords = _tensor(coords, "point_coords")
+            labels = _tensor(labels, "point_labels", "integers (1 foreground, 0 background, ...)")
             if coords.dim() != 3 or coords.shape[-1] != 2:
                 raise ValueError(f"point_coords must be (B, N, 2), got {tuple(coords.shape)}")
             if labels.shape != coords.shape[:2]:
@@ -206,6 +238,8 @@ class SamPredictor:
                     f"point {coords[i[0], i[1]].tolist()} lies outside the {w}x{h} image (x in [0, {w}], "
                     f"y in [0, {h}]); use label -1 for padding points"
                 )
+            if cfg.decoder_family == "efficient_sam":
+                _check_corner_points(coords, labels)
             if cfg.decoder_family == "efficient_sam" and (labels == 0).any():
                 warnings.warn(
                     "EfficientSAM was not trained with negative points: label 0 adds only the positional "
@@ -214,7 +248,7 @@ class SamPredictor:
                 )
             batch.append(coords.shape[0])
         if boxes is not None:
-            boxes = torch.as_tensor(boxes)
+            boxes = _tensor(boxes, "boxes")
             if boxes.dim() == 1:
                 boxes = boxes[None]
             if boxes.dim() != 2 or boxes.shape[-1] != 4:
@@ -224,13 +258,19 @@ class SamPredictor:
             x0, y0, x1, y1 = boxes.unbind(-1)
             if ((x1 < x0) | (y1 < y0)).any():
                 raise ValueError("inverted box: boxes are (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
+            flat = (x1 == x0) | (y1 == y0)
+            if flat.any():
+                raise ValueError(
+                    f"zero-area box {boxes[flat.nonzero()[0, 0]].tolist()}: boxes need x0 < x1 and y0 < y1 "
+                    f"(for a single spot, give a point)"
+                )
             if ((x0 < 0) | (y0 < 0) | (x1 > w) | (y1 > h)).any():
                 raise ValueError(f"box outside the {w}x{h} image: coordinates must lie in [0, {w}] x [0, {h}]")
             batch.append(boxes.shape[0])
         if mask_input is not None:
             if not cfg.prompt_encoder.mask_prompt:
                 raise ValueError("this model has no mask-prompt input (EfficientSAM decoder); pass mask_input=None")
-            mask_input = torch.as_tensor(mask_input)
+            mask_input = _tensor(mask_input, "mask_input", "low-res logits (e.g. a previous call's low_res output)")
             s = 4 * self.model.prompt_encoder.image_embedding_size[0]
             if mask_input.dim() != 4 or tuple(mask_input.shape[1:]) != (1, s, s):
                 raise ValueError(f"mask_input must be (B, 1, {s}, {s}) low-res logits, got {tuple(mask_input.shape)}")
@@ -250,14 +290,58 @@ class SamPredictor:
                 raise ValueError(
                     f"this model takes at most {max_points} points per prompt (a box counts as 2), got {n}"
                 )
-        return coords, labels, boxes, mask_input
+        return coords, labels, boxes, mask_input, batch[0]
 
 
-def _array(x, name: str, shape: tuple) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape)):
+def _check_corner_points(coords: torch.Tensor, labels: torch.Tensor) -> None:
+    """EfficientSAM box corners as points: in each prompt the k-th label 2 (top-left) pairs with the k-th
+    label 3 (bottom-right), and the pair must be a box that `boxes=` would accept."""
+    if not (labels >= 2).any():  # one check (labels are already in -1..3) on the common path
+        return
+    is2, is3 = labels == 2, labels == 3
+    if (is2.sum(1) != is3.sum(1)).any():
+        raise ValueError(
+            "point_labels: each box corner label 2 (top-left) needs its label 3 (bottom-right) in the same "
+            "prompt, and vice versa; or give the box with box= / boxes="
+        )
+    tl, br = coords[is2], coords[is3]  # row-major: the k-th 2 and the k-th 3 of a prompt line up
+    if (br < tl).any():
+        raise ValueError(
+            "point_coords: inverted box corners: label 2 is the top-left (x0, y0) and label 3 the bottom-right "
+            "(x1, y1) corner, with x0 <= x1 and y0 <= y1"
+        )
+    if (br == tl).any():
+        raise ValueError("point_coords: zero-area box corners: labels 2/3 need x0 < x1 and y0 < y1")
+
+
+def _flag(x, name: str) -> bool:
+    if isinstance(x, (bool, np.bool_)) or (isinstance(x, (int, np.integer)) and x in (0, 1)):
+        return bool(x)
+    raise TypeError(f"{name} must be True or False, got {x!r}")
+
+
+def _tensor(x, name: str, want: str = "real numbers (int or float)") -> torch.Tensor:
+    """An int or float tensor, or a TypeError naming the parameter (bool and complex are refused)."""
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a tensor or array of {want}, got {type(x).__name__} ({e})") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be {want}, got dtype {t.dtype}")
+    return t
+
+
+def _array(x, name: str, shape: tuple | None) -> np.ndarray:
+    """A numeric (int or float) array of `shape` (None: any; None entries: any size)."""
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular array of numbers ({e})") from None
+    if shape is not None and (
+        arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape))
+    ):
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
     if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be numeric (int or float), got dtype {arr.dtype}")
     return arr

@@ -17,8 +17,10 @@ from .config import SamConfig
 
 
 def longest_side_size(h: int, w: int, target: int) -> tuple[int, int]:
+    """The official `ResizeLongestSide.get_preprocess_shape`, except that a side it rounds to 0 (e.g. a
+    1x4000 image, which the official code cannot resize) is kept at 1 pixel."""
     scale = target * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def input_size(original_size: tuple[int, int], cfg: SamConfig) -> tuple[int, int]:

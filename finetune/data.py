@@ -11,15 +11,14 @@ masks drawn at random, targets resized to the loss grid (`mask_size`, default th
 4h x 4w, covering the input frame), and each mask's first prompt: a point drawn uniformly from it,
 or its box with noise. Every random choice comes from a generator seeded by (seed, epoch, image key),
 so a sample does not depend on workers, processes or resumption. Unreadable records are skipped,
-warned about once and counted.
+warned about once and counted (`efficient_sam.training.data`: `RecordSamples`, `Skipper`, `SkipRecord`,
+`sample_rng`; re-exported here).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import IterableDataset
 
 from efficient_sam import transforms
 from efficient_sam.config import SamConfig
 from efficient_sam.datasets import ImageRecord, mask_to_box, open_dataset, sa1b_record
+from efficient_sam.images import read_rgb
+from efficient_sam.training.data import RecordSamples, SkipRecord, sample_rng  # noqa: F401 - re-exported
+from efficient_sam.training.data import Skipper, skip_on_error, total_skipped
 
 from .prompt_simulation import PromptConfig, noisy_boxes
 
@@ -52,10 +54,6 @@ class DataConfig:
     mask_size: int | None = None  # loss grid; None = the decoder's low-res output (4 x embedding grid)
     max_val_images: int | None = 200
     eval_prompts: tuple[str, ...] = ("box", "point")
-
-
-class SkipRecord(Exception):
-    """A record that cannot be used (unreadable image, broken annotation, no usable mask)."""
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
@@ -97,14 +95,10 @@ class SampleBuilder:
         return out
 
     def __call__(self, rec: ImageRecord, rng: np.random.Generator) -> dict[str, Any]:
-        try:
+        with skip_on_error():
             image = rec.image()
             h, w = image.shape[:2]
             masks = self.masks(rec, h, w, rng)
-        except SkipRecord:
-            raise
-        except Exception as e:  # noqa: BLE001 - any decoding error makes the record unusable
-            raise SkipRecord(f"{type(e).__name__}: {e}") from e
         if not masks:
             raise SkipRecord("no mask within the area limits")
         cfg, s, m = self.cfg, self.img_size, self.mask_size
@@ -129,51 +123,6 @@ class SampleBuilder:
             "use_box": torch.from_numpy(rng.random(len(masks)) < self.prompt.box_prob),
             "seed": int(rng.integers(2**62)),
         }
-
-
-def sample_rng(seed: int, epoch: int, key: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, key])
-
-
-class _Warner:
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-
-    def __call__(self, name: str, err: Exception) -> None:
-        if name not in self._seen:
-            self._seen.add(name)
-            warnings.warn(f"skipping {name}: {err}", stacklevel=3)
-
-
-class RecordSamples(Dataset):
-    """Map-style over `efficient_sam.datasets` records; an unusable record is replaced by the next
-    usable one (i + 1, i + 2, ...) and counted in the sample's `skipped`."""
-
-    def __init__(self, records: list[ImageRecord], builder: SampleBuilder, seed: int) -> None:
-        if not records:
-            raise ValueError("no images with masks in the training data")
-        self.records, self.builder, self.seed = records, builder, seed
-        self.epoch = 0
-        self.warn = _Warner()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        skipped = 0
-        for k in range(min(len(self.records), 64)):
-            rec = self.records[(index + k) % len(self.records)]
-            try:
-                sample = self.builder(rec, sample_rng(self.seed, self.epoch, index + k))
-            except SkipRecord as e:
-                self.warn(rec.path, e)
-                skipped += 1
-                continue
-            return {**sample, "skipped": skipped}
-        raise RuntimeError(f"64 unusable records in a row from index {index}: check data.train")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,20 +211,13 @@ def open_sa1b_stream(path: str | Path, shard_size: int = 1000):
     )
 
 
-def _decode_rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.array(im.convert("RGB"))
-
-
 def row_record(row: dict[str, Any]) -> ImageRecord:
     """A streamed SA-1B row -> ImageRecord (JSON parsed now, image and masks decoded on demand)."""
-    try:
+    with skip_on_error():
         return sa1b_record(
-            row["__key__"], f"{row['__url__']}:{row['__key__']}", lambda: _decode_rgb(row["jpg"]),
+            row["__key__"], f"{row['__url__']}:{row['__key__']}", lambda: read_rgb(row["jpg"]),
             lambda: json.loads(row["json"]),
         )
-    except Exception as e:  # noqa: BLE001
-        raise SkipRecord(f"{type(e).__name__}: {e}") from e
 
 
 class StreamingSamples(IterableDataset):
@@ -286,25 +228,20 @@ class StreamingSamples(IterableDataset):
         self.ds = hf_stream.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer else hf_stream
         self.builder, self.seed = builder, seed
         self.epoch = 0
-        self.warn = _Warner()
+        self.skipper = Skipper()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.ds.set_epoch(epoch)
 
+    def sample(self, row: dict[str, Any]) -> dict[str, Any]:
+        rng = sample_rng(self.seed, self.epoch, zlib.crc32(row["__key__"].encode()))
+        return self.builder(row_record(row), rng)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        skipped = 0
-        for row in self.ds:
-            name = f"{row['__url__']}:{row['__key__']}"
-            try:
-                rec = row_record(row)
-                sample = self.builder(rec, sample_rng(self.seed, self.epoch, zlib.crc32(row["__key__"].encode())))
-            except SkipRecord as e:
-                self.warn(name, e)
-                skipped += 1
-                continue
+        rows = self.skipper.usable(self.ds, self.sample, name=lambda row: f"{row['__url__']}:{row['__key__']}")
+        for skipped, sample in rows:
             yield {**sample, "skipped": skipped}
-            skipped = 0
 
 
 def open_records(path: str, layout: str = "auto", max_images: int | None = None) -> list[ImageRecord]:
@@ -323,5 +260,5 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "use_box": torch.cat([s["use_box"] for s in samples]),
         "image_index": torch.repeat_interleave(torch.arange(len(samples)), torch.tensor(counts)),
         "seed": torch.tensor([s["seed"] for s in samples]),
-        "skipped": torch.tensor(sum(s.get("skipped", 0) for s in samples)),
+        "skipped": total_skipped(samples),
     }

@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import efficient_sam as es
-from efficient_sam.checkpoint import check_state_dict
+from efficient_sam.build import load_encoder_weights
+from efficient_sam.checkpoint import load_strict
 from efficient_sam.config import MaskDecoderConfig, PromptEncoderConfig
 
 from .losses import LossConfig, sam_loss
@@ -55,16 +56,14 @@ def build_finetune_model(cfg: ModelConfig) -> es.Sam:
     model = es.Sam(finetune_config(cfg))
     if cfg.init:
         src = es.from_pretrained(cfg.init)
-        check_state_dict(model, src.state_dict(), f"model.init {cfg.init}")
-        model.load_state_dict(src.state_dict())
+        load_strict(model, src.state_dict(), f"model.init {cfg.init}")
     if cfg.encoder_init:
-        es.build.load_encoder_weights(model.image_encoder, cfg.encoder_init)
+        load_encoder_weights(model.image_encoder, cfg.encoder_init)
     if cfg.decoder_init:
         src = es.from_pretrained(cfg.decoder_init)
         for part in ("prompt_encoder", "mask_decoder"):
             sd = getattr(src, part).state_dict()
-            check_state_dict(getattr(model, part), sd, f"{part} of model.decoder_init {cfg.decoder_init}")
-            getattr(model, part).load_state_dict(sd)
+            load_strict(getattr(model, part), sd, f"{part} of model.decoder_init {cfg.decoder_init}")
     return model.train()
 
 

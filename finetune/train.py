@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from efficient_sam.checkpoint import CheckpointError
-from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig
+from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig, check, check_min
 from efficient_sam.training.engine import Task
 from efficient_sam.training.engine import main as engine_main
 
@@ -39,6 +39,18 @@ class FinetuneConfig(RunConfig):
     prompt: PromptConfig = field(default_factory=PromptConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=_paper_train)
+
+    def validate(self) -> None:
+        super().validate()
+        d = self.data
+        if d.streaming not in ("auto", "true", "false"):
+            raise ConfigError(f"data.streaming must be auto, true or false, not {d.streaming!r}")
+        for p in d.eval_prompts:
+            if p not in ("box", "point", "points3"):
+                raise ConfigError(f"data.eval_prompts: unknown prompt {p!r} (box, point, points3)")
+        check_min(d, "data.", num_train_examples=1, shuffle_buffer=0, shard_size=1, max_images=1, max_masks=1,
+                  mask_size=1, max_val_images=0)
+        check(0 < d.max_mask_area <= 1, "data.max_mask_area", d.max_mask_area, "must be a fraction in (0, 1]")
 
 
 def _streaming(cfg: DataConfig, layout: str) -> bool:
@@ -86,9 +98,6 @@ class FinetuneTask(Task):
                 self.val = open_records(cfg.data.val, "auto", cfg.data.max_val_images)
             except (FileNotFoundError, ValueError) as e:
                 raise ConfigError(f"data.val: {e}") from e
-        for p in cfg.data.eval_prompts:
-            if p not in ("box", "point", "points3"):
-                raise ConfigError(f"data.eval_prompts: unknown prompt {p!r} (box, point, points3)")
 
     def build_model(self) -> nn.Module:
         try:
@@ -133,7 +142,7 @@ class FinetuneTask(Task):
         split over the processes."""
         if not self.val:
             return {}
-        from benchmarks.evaluate import PredictorModel, evaluate_distributed
+        from efficient_sam.evaluation import PredictorModel, evaluate_distributed
 
         out = {}
         for prompt in self.cfg.data.eval_prompts:

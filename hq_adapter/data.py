@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from efficient_sam.config import SamConfig
-from efficient_sam.datasets import IMAGE_EXTENSIONS, ImageRecord, ObjectRecord, mask_to_box, open_dataset, read_rgb
-from finetune.data import RecordSamples, SkipRecord, sample_rng
+from efficient_sam.datasets import ImageRecord, ObjectRecord, mask_to_box, open_dataset
+from efficient_sam.images import IMAGE_EXTENSIONS, read_rgb
+from efficient_sam.training.data import RecordSamples, SkipRecord, sample_rng, skip_on_error, total_skipped
 
 __all__ = [
     "HQDataConfig", "TRAIN_SETS", "VAL_SETS", "read_hqseg", "is_hqseg", "read_soft_label", "soft_label",
@@ -187,14 +188,10 @@ class SampleBuilder:
         return F.pad(x, pad), F.pad(torch.from_numpy(np.array(lab)), pad)
 
     def __call__(self, rec: ImageRecord, rng: np.random.Generator) -> dict[str, Any]:
-        try:
+        with skip_on_error():
             image = rec.image()
             obj = rec.objects[int(rng.integers(len(rec.objects)))]
             label = soft_label(obj)
-        except SkipRecord:
-            raise
-        except Exception as e:  # noqa: BLE001 - any decoding error makes the record unusable
-            raise SkipRecord(f"{type(e).__name__}: {e}") from e
         if label.shape != image.shape[:2]:
             raise SkipRecord(f"label {label.shape} differs from the image {image.shape[:2]}")
         if not (label > 128).any():
@@ -228,7 +225,8 @@ class SampleBuilder:
 
 class HQSamples(RecordSamples):
     """Map-style over records with `set_epoch`; sample i uses `sample_rng(seed, epoch, i)`; an unusable
-    record is replaced by the next one and counted in the sample's `skipped` (finetune's RecordSamples)."""
+    record is replaced by the next one and counted in the sample's `skipped`
+    (`efficient_sam.training.data.RecordSamples`)."""
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -237,5 +235,5 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     out = {k: torch.stack([s[k] for s in samples]) for k in ("image", "label", "box", "points", "noise_mask")}
     out["prompt_type"] = torch.tensor([s["prompt_type"] for s in samples], dtype=torch.long)
     out["seed"] = torch.tensor([s["seed"] for s in samples], dtype=torch.long)
-    out["skipped"] = torch.tensor(sum(s.get("skipped", 0) for s in samples))
+    out["skipped"] = total_skipped(samples)
     return out

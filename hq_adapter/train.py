@@ -18,14 +18,14 @@ from torch import nn
 
 import efficient_sam as es
 from efficient_sam.checkpoint import CheckpointError
+from efficient_sam.hq import base_view, build_hq_model, save_adapter
 from efficient_sam.modeling.mask_decoder_hq import HQ_MODULES
-from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig
+from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig, check, check_min
 from efficient_sam.training.engine import Task
 from efficient_sam.training.engine import main as engine_main
 
 from .data import PROMPT_TYPES, HQDataConfig, HQSamples, SampleBuilder, collate, open_hq_records
 from .losses import LossConfig, point_sampled_loss
-from .model import base_view, build_hq_model, save_adapter
 
 
 @dataclass
@@ -52,6 +52,13 @@ class HQTrainConfig(RunConfig):
     data: HQDataConfig = field(default_factory=HQDataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=_paper_train)
+
+    def validate(self) -> None:
+        super().validate()
+        d = self.data
+        check_min(d, "data.", max_images=1, max_val_images=0, num_points=1)
+        check(0 <= d.hflip <= 1, "data.hflip", d.hflip, "must be a probability in [0, 1]")
+        check(0 < d.scale[0] <= d.scale[1], "data.scale", d.scale, "expected 0 < min <= max")
 
 
 class HQAdapter(nn.Module):
@@ -150,7 +157,7 @@ class HQTask(Task):
         validation) and the frozen base's own mask."""
         if not self.val:
             return {}
-        from benchmarks.evaluate import PredictorModel, evaluate_distributed
+        from efficient_sam.evaluation import PredictorModel, evaluate_distributed
 
         seed = self.cfg.seed
         hq = evaluate_distributed(PredictorModel(self.sam, hq_token_only=True), self.val, "box", seed, acc)

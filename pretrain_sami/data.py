@@ -2,14 +2,13 @@
 
 Every random choice of a sample (crop, flip, mask noise) comes from a generator seeded with
 (seed, epoch, index), so a sample is the same whatever the number of processes or workers and
-wherever a run was resumed. Unreadable images are skipped and counted, never fatal.
+wherever a run was resumed. Unreadable images are skipped and counted, never fatal
+(`efficient_sam.training.data.Skipper`); images are read with `efficient_sam.images`.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,9 +18,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
+from efficient_sam.images import IMAGE_EXTENSIONS, open_rgb
+from efficient_sam.training.data import Skipper, sample_rng
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
 def open_image_folder(path: str | Path, streaming: bool = False, cache_dir: str | None = None):
@@ -43,22 +44,20 @@ def open_image_folder(path: str | Path, streaming: bool = False, cache_dir: str 
 
 def decode_rgb(record: dict[str, Any]) -> Image.Image:
     """{"path", "bytes"} -> RGB PIL image (grayscale, palette, RGBA converted; alpha dropped)."""
-    src = io.BytesIO(record["bytes"]) if record.get("bytes") else record["path"]
-    with Image.open(src) as img:
-        img.load()
-        return img.convert("RGB")
+    return open_rgb(record["bytes"] if record.get("bytes") else record["path"])
 
 
 def record_name(record: dict[str, Any]) -> str:
     return str(record.get("path") or "<bytes>")
 
 
-TRAIN_STREAM, EVAL_STREAM, CACHE_STREAM = 0, 1, 2  # independent random streams per use
+# Independent random streams per use: a sample's generator is `sample_rng(seed, stream, epoch, key)`.
+TRAIN_STREAM, EVAL_STREAM, CACHE_STREAM = 0, 1, 2
 
 
-def sample_rng(seed: int, stream: int, epoch: int, key: int) -> np.random.Generator:
-    """The generator of one sample: a function of (seed, use, epoch, sample key) only."""
-    return np.random.default_rng([seed, stream, epoch, key])
+def unreadable_skipper(message: str = "skipping unreadable image {name}: {kind}: {err}") -> Skipper:
+    """A Skipper for image decoding: any decoder error means "unreadable"."""
+    return Skipper(message, errors=(Exception,))
 
 
 def random_resized_crop_box(
@@ -111,7 +110,7 @@ class _Views:
         self.size, self.num_tokens, self.seed = size, num_tokens, seed
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
         self.epoch = 0
-        self._warned: set[str] = set()
+        self.skipper = unreadable_skipper()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -123,17 +122,12 @@ class _Views:
         noise = torch.from_numpy(rng.random(self.num_tokens, dtype=np.float32))
         return {"image": to_tensor(img, box, flip, self.size), "noise": noise}
 
-    def warn_skip(self, record: dict[str, Any], err: Exception) -> None:
-        name = record_name(record)
-        if name not in self._warned:
-            self._warned.add(name)
-            warnings.warn(f"skipping unreadable image {name}: {type(err).__name__}: {err}", stacklevel=3)
-
 
 class ImageFolderViews(_Views, Dataset):
-    """Map-style: item i -> {"image": (3, S, S), "noise": (N,), "skipped": unreadable files met}.
+    """Map-style: item i -> {"image": (3, S, S), "noise": (N,), "skipped": 1 if image i is unreadable}.
 
-    An unreadable image is replaced by the next readable one (i + 1, i + 2, ...), and counted.
+    An unreadable image is replaced by the next readable one (i + 1, i + 2, ...); it is counted by
+    its own index only, so `data/skipped_images` grows by the number of unreadable files per epoch.
     """
 
     def __init__(self, hf_dataset, size: int, num_tokens: int, seed: int, **kw: Any) -> None:
@@ -144,23 +138,17 @@ class ImageFolderViews(_Views, Dataset):
         return len(self.ds)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        skipped = 0
-        for k in range(min(len(self.ds), 64)):
-            i = (index + k) % len(self.ds)
-            record = self.ds[i]["image"]
-            try:
-                img = decode_rgb(record)
-            except Exception as e:  # noqa: BLE001 - any decoder error means "unreadable"
-                self.warn_skip(record, e)
-                skipped += 1
-                continue
-            return {**self.view(img, index), "skipped": skipped}
-        raise RuntimeError(f"64 unreadable images in a row from index {index}: is this an image folder?")
+        skipped, img = self.skipper.first_usable(
+            self.ds, index, lambda row, _: decode_rgb(row["image"]), name=lambda row: record_name(row["image"]),
+            error="{tries} unreadable images in a row from index {index}: is data.train an image folder?",
+        )
+        return {**self.view(img, index), "skipped": skipped}
 
 
 class StreamingImageViews(_Views, IterableDataset):
     """Streaming: yields the same items as `ImageFolderViews` (keyed by the file path's CRC32),
-    skipping unreadable images; a skipped image's count travels with the next yielded item."""
+    skipping unreadable images; a skipped image's count travels with the next yielded item (each
+    unreadable file counts once per pass)."""
 
     def __init__(self, hf_iterable, size: int, num_tokens: int, seed: int, shuffle_buffer: int = 1000, **kw: Any):
         super().__init__(size, num_tokens, seed, **kw)
@@ -171,17 +159,9 @@ class StreamingImageViews(_Views, IterableDataset):
         self.ds.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        skipped = 0
-        for row in self.ds:
-            record = row["image"]
-            try:
-                img = decode_rgb(record)
-            except Exception as e:  # noqa: BLE001
-                self.warn_skip(record, e)
-                skipped += 1
-                continue
+        records = (row["image"] for row in self.ds)
+        for skipped, (record, img) in self.skipper.usable(records, lambda r: (r, decode_rgb(r)), record_name):
             yield {**self.view(img, zlib.crc32(record_name(record).encode())), "skipped": skipped}
-            skipped = 0
 
 
 class EvalViews(Dataset):
@@ -189,16 +169,10 @@ class EvalViews(Dataset):
 
     def __init__(self, hf_dataset, size: int, num_tokens: int, seed: int, max_images: int | None = None):
         self.items: list[dict[str, torch.Tensor]] = []
-        self.skipped = 0
         n = len(hf_dataset) if max_images is None else min(len(hf_dataset), max_images)
-        for i in range(n):
-            record = hf_dataset[i]["image"]
-            try:
-                img = decode_rgb(record)
-            except Exception as e:  # noqa: BLE001
-                warnings.warn(f"skipping unreadable held-out image {record_name(record)}: {e}", stacklevel=2)
-                self.skipped += 1
-                continue
+        skipper = unreadable_skipper("skipping unreadable held-out image {name}: {err}")
+        records = ((i, hf_dataset[i]["image"]) for i in range(n))
+        for _, (i, img) in skipper.usable(records, lambda r: (r[0], decode_rgb(r[1])), lambda r: record_name(r[1])):
             rng = sample_rng(seed, EVAL_STREAM, 0, i)
             box = center_crop_box(img.width, img.height)
             self.items.append(
@@ -207,6 +181,7 @@ class EvalViews(Dataset):
                     "noise": torch.from_numpy(rng.random(num_tokens, dtype=np.float32)),
                 }
             )
+        self.skipped = skipper.total
 
     def __len__(self) -> int:
         return len(self.items)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,12 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .data import CACHE_STREAM, TRAIN_STREAM, decode_rgb, random_resized_crop_box, record_name, sample_rng, to_tensor
+from efficient_sam.training.data import sample_rng
+
+from .data import (
+    CACHE_STREAM, TRAIN_STREAM, decode_rgb, random_resized_crop_box, record_name, to_tensor, unreadable_skipper,
+)
+
 
 def weights_digest(module: torch.nn.Module) -> str:
     """Short digest of a module's weights (to tell two teachers apart)."""
@@ -71,7 +75,8 @@ def build_cache(
                 f"teacher cache {cache_dir} was built for a different setup (differs in: {', '.join(diff)}); "
                 "delete it or point cache.dir elsewhere"
             )
-        acc.print(f"teacher cache: reusing {cache_dir} ({index['valid']} views)")
+        acc.print(f"teacher cache: reusing {cache_dir} ({index['valid']} views, "
+                  f"{index.get('skipped', 0)} unreadable image(s) left out)")
         return index
     if acc.is_main_process:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +85,7 @@ def build_cache(
     acc.wait_for_everyone()
     n = len(hf_dataset)
     rows = list(range(acc.process_index, n * views, acc.num_processes))
-    feats, ids, boxes, flips, skipped = [], [], [], [], []
+    feats, ids, boxes, flips = [], [], [], []
     shard = 0
     pending: list[tuple[int, torch.Tensor, tuple, bool]] = []
 
@@ -113,16 +118,14 @@ def build_cache(
         shard += 1
         feats, ids, boxes, flips = [], [], [], []
 
-    for row in tqdm(rows, desc="teacher cache", disable=not acc.is_local_main_process, dynamic_ncols=True):
-        view, i = divmod(row, n)
-        record = hf_dataset[i]["image"]
-        try:
-            img = decode_rgb(record)
-        except Exception as e:  # noqa: BLE001
-            if view == 0:
-                warnings.warn(f"teacher cache: skipping unreadable image {record_name(record)}: {e}", stacklevel=2)
-                skipped.append(record_name(record))
-            continue
+    # An unreadable image is warned about and counted once, at its view-0 row; its other views are dropped.
+    skipper = unreadable_skipper("teacher cache: skipping unreadable image {name}: {err}")
+    progress = tqdm(rows, desc="teacher cache", disable=not acc.is_local_main_process, dynamic_ncols=True)
+    records = ((row, hf_dataset[row % n]["image"]) for row in progress)
+    readable = skipper.usable(
+        records, lambda r: (r[0], decode_rgb(r[1])), name=lambda r: record_name(r[1]), counted=lambda r: r[0] < n
+    )
+    for _, (row, img) in readable:
         rng = sample_rng(seed, CACHE_STREAM, 0, row)
         box = random_resized_crop_box(rng, img.width, img.height, scale, ratio)
         flip = bool(rng.random() < hflip)
@@ -133,7 +136,7 @@ def build_cache(
             flush_shard()
     flush_batch()
     flush_shard()
-    counts = acc.gather(torch.tensor([len(skipped)], device=acc.device)).sum().item()
+    counts = acc.gather(torch.tensor([skipper.total], device=acc.device)).sum().item()
     acc.wait_for_everyone()
     if acc.is_main_process:
         shards = sorted(p.name for p in cache_dir.glob("shard_*.safetensors"))
@@ -147,12 +150,16 @@ def build_cache(
         tmp.write_text(json.dumps(index, indent=1))
         tmp.replace(index_path)  # the index commits the cache
     acc.wait_for_everyone()
-    return json.loads(index_path.read_text())
+    index = json.loads(index_path.read_text())
+    acc.print(f"teacher cache: built {cache_dir} ({index['valid']} views, {index['skipped']} unreadable image(s) left out)")
+    return index
 
 
 class CachedViews(Dataset):
     """Item j -> {"image": the cached view re-cropped from the file, "target": (N, D) fp16 teacher
-    tokens, "noise": (N,) mask noise for this epoch, "skipped": 0}."""
+    tokens, "noise": (N,) mask noise for this epoch, "skipped": 0}. Unreadable images were left out
+    when the cache was built (counted once per file in `index.json` "skipped" and printed), so
+    training from the cache skips none and logs `data/skipped_images` 0."""
 
     def __init__(self, cache_dir: Path, hf_dataset, size: int, num_tokens: int, seed: int) -> None:
         self.dir = Path(cache_dir)

@@ -13,10 +13,12 @@ from accelerate import Accelerator
 from torch import nn
 
 import efficient_sam as es
+from efficient_sam.checkpoint import load_strict
 from efficient_sam.modeling.image_encoder import ImageEncoderViT
-from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig
+from efficient_sam.training.config import ConfigError, RunConfig, TrainConfig, check, check_min
 from efficient_sam.training.engine import Task
 from efficient_sam.training.engine import main as engine_main
+from efficient_sam.training.optim import per_process_batch
 
 from .data import EvalViews, ImageFolderViews, StreamingImageViews, collate, open_image_folder
 from .feature_cache import CachedViews, CacheMismatchError, build_cache, weights_digest
@@ -89,6 +91,20 @@ class SamiConfig(RunConfig):
     cache: CacheConfig = field(default_factory=CacheConfig)
     train: TrainConfig = field(default_factory=_paper_train)
 
+    def validate(self) -> None:
+        super().validate()
+        if self.teacher.dtype not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"teacher.dtype must be auto, bf16 or fp32, not {self.teacher.dtype!r}")
+        d = self.data
+        if d.input_size <= 0 or d.input_size % 16:
+            raise ConfigError(f"data.input_size must be a multiple of the 16-px patch, got {d.input_size}")
+        check_min(d, "data.", num_train_examples=1, max_val_images=0)
+        check(0 <= d.hflip <= 1, "data.hflip", d.hflip, "must be a probability in [0, 1]")
+        check(0 < d.scale[0] <= d.scale[1], "data.scale", d.scale, "expected 0 < min <= max (crop area fractions)")
+        check(0 < d.ratio[0] <= d.ratio[1], "data.ratio", d.ratio, "expected 0 < min <= max (aspect ratios)")
+        check(0 <= self.model.mask_ratio < 1, "model.mask_ratio", self.model.mask_ratio, "must be in [0, 1)")
+        check_min(self.cache, "cache.", views=1, shard_rows=1)
+
 
 class SamiTask(Task):
     cfg: SamiConfig
@@ -97,10 +113,6 @@ class SamiTask(Task):
         cfg = self.cfg
         self.acc = acc
         tdtype = {"auto": torch.bfloat16 if acc.device.type == "cuda" else None, "bf16": torch.bfloat16, "fp32": None}
-        if cfg.teacher.dtype not in tdtype:
-            raise ConfigError(f"teacher.dtype must be auto, bf16 or fp32, not {cfg.teacher.dtype!r}")
-        if cfg.data.input_size % 16:
-            raise ConfigError(f"data.input_size must be a multiple of the 16-px patch, got {cfg.data.input_size}")
         try:  # unknown model name or override, wrong target, a checkpoint that does not fit
             enc = load_teacher_encoder(cfg.teacher.model, cfg.teacher.checkpoint, cfg.teacher.overrides)
             self.teacher = Teacher(enc, cfg.teacher.target, tdtype[cfg.teacher.dtype]).to(acc.device)
@@ -109,8 +121,14 @@ class SamiTask(Task):
         self.grid = cfg.data.input_size // enc.cfg.patch_size
         n_tok = self.grid**2
         with acc.main_process_first():
-            self.train_hf = open_image_folder(cfg.data.train, streaming=cfg.data.streaming)
-            val_hf = open_image_folder(cfg.data.val) if cfg.data.val else None
+            try:
+                self.train_hf = open_image_folder(cfg.data.train, streaming=cfg.data.streaming)
+            except FileNotFoundError as e:  # no such folder, or no images in it
+                raise ConfigError(f"data.train: {e}") from e
+            try:
+                val_hf = open_image_folder(cfg.data.val) if cfg.data.val else None
+            except FileNotFoundError as e:
+                raise ConfigError(f"data.val: {e}") from e
         self.val = (
             EvalViews(val_hf, cfg.data.input_size, n_tok, cfg.seed, cfg.data.max_val_images) if val_hf is not None else None
         )
@@ -134,7 +152,7 @@ class SamiTask(Task):
             try:
                 build_cache(
                     cache_dir, self.train_hf, self.teacher, fingerprint, views=cfg.cache.views,
-                    size=cfg.data.input_size, seed=cfg.seed, batch_size=cfg.train.batch_size,
+                    size=cfg.data.input_size, seed=cfg.seed, batch_size=per_process_batch(cfg.train, acc.num_processes),
                     shard_rows=cfg.cache.shard_rows, accelerator=acc, **view_kw,
                 )
             except CacheMismatchError as e:
@@ -162,8 +180,7 @@ class SamiTask(Task):
         if cfg.student.init:
             src = es.from_pretrained(cfg.student.init)
             src = src if isinstance(src, ImageEncoderViT) else src.image_encoder
-            es.checkpoint.check_state_dict(student, src.state_dict(), cfg.student.init)
-            student.load_state_dict(src.state_dict())
+            load_strict(student, src.state_dict(), cfg.student.init)
         return model
 
     def train_dataset(self):
@@ -192,7 +209,7 @@ class SamiTask(Task):
             return {}
         sums = torch.zeros(4, device=acc.device, dtype=torch.float64)  # sq err, cos all, cos masked, count
         mine = list(range(acc.process_index, len(self.val), acc.num_processes))
-        bs = self.cfg.train.batch_size
+        bs = per_process_batch(self.cfg.train, acc.num_processes)
         for start in range(0, len(mine), bs):
             idx = mine[start : start + bs]
             images = torch.stack([self.val[i]["image"] for i in idx]).to(acc.device)

@@ -1,7 +1,9 @@
-"""Test helpers: realistic random weights in any module tree, image loading, error metrics."""
+"""Test helpers: data paths, realistic random weights in any module tree, image loading, error metrics,
+launching a trainer in subprocesses. Fixtures built on them are in conftest.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -10,15 +12,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from efficient_sam.images import read_rgb as load_rgb  # noqa: F401 - the library's one image reader
+
+# All test data lives in the repository (assets/README.md). Tests get these paths from the `asset_paths`
+# fixture (conftest.py); the constants are for module-level parametrize lists only.
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-DATA = SHARED / "data"
-PHOTOS = DATA / "photos"
-GRABCUT = DATA / "grabcut"
-FIXTURES = SHARED / "fixtures"
+ASSETS = ROOT / "assets"
+PHOTOS = ASSETS / "photos"
+GRABCUT = ASSETS / "grabcut"
+FIXTURES = ASSETS / "fixtures"
+KEYS = ASSETS / "reference" / "keys"
+EFFICIENT_SAM_VITT = FIXTURES / "efficient_sam_vitt_compact"
+
+
+def _load_make_weights():
+    """The fixture's standalone weight script, imported from its path (it is not a package)."""
+    path = EFFICIENT_SAM_VITT / "make_weights.py"
+    spec = importlib.util.spec_from_file_location("efficient_sam_vitt_make_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# state_dict_from_spec(spec_path) -> the official-layout EfficientSAM-Ti state dict of the fixture
+state_dict_from_spec = _load_make_weights().state_dict_from_spec
 
 
 @torch.no_grad()
@@ -61,10 +80,6 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
 def rel_err(a, b) -> float:
     """max |a - b| / max |b|: the relative error of our output `a` against the reference `b`."""
     a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
@@ -82,19 +97,3 @@ def launch(module: str, args: list[str], nproc: int, timeout: int = 300) -> subp
         cmd.append("--multi_gpu")
     return subprocess.run([*cmd, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
-
-def run_training(config_cls: type, task_cls: type, config: Path, overrides: list[str]):
-    """Train in this process (as `python -m <trainer>.train --config config overrides` does) and
-    return the task; accelerate's global state is reset around the run."""
-    from accelerate.state import AcceleratorState
-
-    from efficient_sam.training import load_config, train
-
-    AcceleratorState._reset_state(True)
-    cfg = load_config(config_cls, config, overrides)
-    task = task_cls(cfg)
-    try:
-        train(cfg, task)
-    finally:
-        AcceleratorState._reset_state(True)
-    return task

@@ -3,13 +3,17 @@
 The mixin gives `save_pretrained(dir)` (config.json + model.safetensors + README.md model card) and
 `push_to_hub(repo_id)`. Loading goes through `efficient_sam.from_pretrained`, which is strict: the
 mixin's own loader defaults to `strict=False` and would silently ignore missing/extra weights.
+
+`modeling/` imports nothing above it but `config`, so the two things that live above it are wired in
+from outside by `efficient_sam.hub` when the package is imported: the loader (`LOADER`) and the
+registry name of a config for the model card (`CONFIG_NAME`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from huggingface_hub import PyTorchModelHubMixin
 
@@ -46,6 +50,16 @@ model = es.from_pretrained("{{ repo_id | default("path/to/this/folder", true) }}
 `from_pretrained` returns the model in eval mode; call `model.train()` before fine-tuning.
 """
 
+LOADER: Callable[..., Any] | None = None  # efficient_sam.hub.load_as(cls, source, **kwargs)
+CONFIG_NAME: Callable[[Any], str | None] = lambda cfg: None  # efficient_sam.registry.config_name
+
+
+def wire(loader: Callable[..., Any], config_name: Callable[[Any], str | None]) -> None:
+    """Connect the mixin to the strict loader and the registry (called once by `efficient_sam.hub`)."""
+    global LOADER, CONFIG_NAME
+    LOADER, CONFIG_NAME = loader, config_name
+
+
 def hub_kwargs() -> dict[str, Any]:
     """Class-statement keywords of the mixin (model-card metadata); a fresh dict each time, since the
     mixin appends to the `tags` list it is given."""
@@ -81,15 +95,15 @@ class StrictHubMixin(PyTorchModelHubMixin):
     ):
         """Load a model of this class from a Hub repo, a directory or a file; see
         `efficient_sam.from_pretrained`. Always strict (`strict=False` is refused)."""
-        from ..checkpoint import CheckpointError
-        from ..hub import from_pretrained
-
         if not strict:
             raise ValueError(
                 "efficient_sam always loads strictly; to load partial weights build the model and call "
                 "model.load_state_dict(state_dict, strict=False) yourself"
             )
-        net = from_pretrained(
+        if LOADER is None:  # only if efficient_sam.hub was never imported
+            raise RuntimeError("import efficient_sam before loading models")
+        return LOADER(
+            cls,
             pretrained_model_name_or_path,
             filename=filename,
             revision=revision,
@@ -101,12 +115,6 @@ class StrictHubMixin(PyTorchModelHubMixin):
             local_files_only=local_files_only,
             **overrides,
         )
-        if not isinstance(net, cls):
-            raise CheckpointError(
-                f"{pretrained_model_name_or_path} holds a {type(net).__name__}, not a {cls.__name__}; "
-                f"load it with efficient_sam.from_pretrained(...)"
-            )
-        return net
 
     def push_to_hub(self, repo_id: str, *args: Any, model_card_kwargs: dict[str, Any] | None = None, **kwargs: Any):
         """Upload `save_pretrained`'s files to `repo_id` (the model card names the repo)."""

@@ -181,6 +181,7 @@ class ImageEncoderViT(nn.Module, StrictHubMixin, **hub_kwargs()):
         super().__init__()
         if isinstance(cfg, dict):
             cfg = ImageEncoderConfig.from_dict(cfg)
+        cfg = cfg.validate()  # TypeError / ValueError naming the bad field
         self._hub_mixin_config = cfg  # what save_pretrained writes to config.json
         self.cfg = cfg
         self.img_size = cfg.img_size

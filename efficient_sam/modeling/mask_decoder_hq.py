@@ -19,6 +19,17 @@ from .mask_decoder import MaskDecoder
 HQ_MODULES = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
 
 
+def is_adapter_key(name: str) -> bool:
+    """Whether a parameter name belongs to the HQ adapter (what trains; everything else is frozen)."""
+    return any(f"mask_decoder.{m}." in f".{name}" or name.startswith(f"{m}.") for m in HQ_MODULES)
+
+
+def freeze_all_but_adapter(model: nn.Module) -> None:
+    """requires_grad only on the HQ adapter's parameters (the frozen-base HQ-SAM setting)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_adapter_key(name))
+
+
 def _upsample4(cin: int, mid: int, cout: int) -> nn.Sequential:
     """ConvT x2 -> LayerNorm2d -> GELU -> ConvT x2 (indices 0, 1, 2, 3 as the official keys)."""
     return nn.Sequential(

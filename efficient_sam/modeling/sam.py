@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import HQConfig, ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
+from . import hub_mixin
 from .hub_mixin import StrictHubMixin, hub_kwargs
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
@@ -29,12 +30,8 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
 
     def __init__(self, config: SamConfig) -> None:
         super().__init__()
-        config = _as_sam_config(config)
+        config = _as_sam_config(config).validate()  # TypeError / ValueError naming the bad field
         self._hub_mixin_config = config  # what save_pretrained writes to config.json
-        if config.family not in ("sam", "efficient_sam"):
-            raise ValueError(f"unknown model family {config.family!r}; expected 'sam' or 'efficient_sam'")
-        if config.resize not in ("longest_side", "stretch"):
-            raise ValueError(f"unknown resize policy {config.resize!r}; expected 'longest_side' or 'stretch'")
         self.config = config
         enc = config.image_encoder
         self.image_encoder = ImageEncoderViT(enc)
@@ -43,9 +40,7 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         )
         if config.hq is None:
             self.mask_decoder = MaskDecoder(config.mask_decoder)
-        else:
-            if not 0 <= config.hq.early_block < enc.depth:
-                raise ValueError(f"hq.early_block {config.hq.early_block} is not a block of the {enc.depth}-block encoder")
+        else:  # hq.early_block is a block of the encoder (checked by validate)
             self.mask_decoder = MaskDecoderHQ(config.mask_decoder, enc.embed_dim)
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1), persistent=False)
@@ -55,10 +50,8 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         return self.pixel_mean.device
 
     def _model_card_info(self) -> dict[str, Any]:
-        from ..hub import config_name
-
         cfg, enc = self.config, self.config.image_encoder
-        name = config_name(dataclasses.replace(cfg, hq=None))
+        name = hub_mixin.CONFIG_NAME(dataclasses.replace(cfg, hq=None))
         family = "EfficientSAM" if cfg.family == "efficient_sam" else "SAM"
         if cfg.hq is not None:  # HQ-SAM adapter on the base
             name = f"{name} + HQ" if name else None

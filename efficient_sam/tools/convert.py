@@ -11,21 +11,24 @@ SRC is a local file, a local directory or a Hub repo id, optionally with the fil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
 
-from ..config import parse_override
+from ..checkpoint import CheckpointError
+from ..config import check_overrides, parse_override
+from ..hub import load_with_info
+from ..registry import list_models
 
 OUTPUT_FILES = ("config.json", "model.safetensors", "README.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..build import list_models
-
     p = argparse.ArgumentParser(
         prog="esam-convert",
         description="Convert a SAM / EfficientSAM / transformers SamModel / timm samvit checkpoint (local file, "
@@ -48,10 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def verify_output(net: torch.nn.Module, out_dir: Path) -> None:
     """The saved files hold exactly the model's tensors and config (tensors compared one by one, lazily)."""
-    from safetensors import safe_open
-
-    from ..checkpoint import CheckpointError
-
     expected = net.state_dict()
     with safe_open(str(out_dir / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
@@ -63,16 +62,12 @@ def verify_output(net: torch.nn.Module, out_dir: Path) -> None:
     saved = json.loads((out_dir / "config.json").read_text())
     cfg = getattr(net, "config", None) or getattr(net, "cfg", None)
     if cfg is not None:
-        import dataclasses
-
         if json.loads(json.dumps(dataclasses.asdict(cfg))) != saved:
             raise CheckpointError("verification failed: config.json differs from the model's config")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..checkpoint import CheckpointError
-    from ..hub import load_with_info
 
     out: Path = args.out_dir
     if out.exists() and not out.is_dir():
@@ -86,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
+        check_overrides(**dict(args.overrides))  # --set encoder_depth=two: an error before any download
         net, info = load_with_info(
             args.src, filename=args.filename, revision=args.revision, model=args.model, **dict(args.overrides)
         )

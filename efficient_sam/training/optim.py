@@ -13,7 +13,22 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
+
+
+def per_process_batch(cfg: TrainConfig, num_processes: int) -> int:
+    """The micro-batch of one process: `train.batch_size`, or for `auto` the global batch split evenly
+    over the processes (then there is no gradient accumulation)."""
+    if cfg.batch_size != "auto":
+        return cfg.batch_size
+    if cfg.global_batch_size is None:
+        raise ConfigError("train.batch_size=auto needs train.global_batch_size (the batch of all processes together)")
+    if cfg.global_batch_size % num_processes:
+        raise ConfigError(
+            f"train.batch_size=auto: train.global_batch_size={cfg.global_batch_size} is not divisible by the "
+            f"{num_processes} processes; choose a global batch that is a multiple of {num_processes}"
+        )
+    return cfg.global_batch_size // num_processes
 
 
 def peak_lr(cfg: TrainConfig, global_batch_size: int) -> float:
