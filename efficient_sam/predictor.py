@@ -3,6 +3,10 @@
 A drop-in for `segment_anything.SamPredictor` that serves both families with their official pre- and
 post-processing. One difference: `predict_torch` takes coordinates in original-image pixels (the
 official one wants them already transformed), so `predict` and `predict_torch` agree.
+
+Several images: `set_images([img0, img1, ...])` encodes them in one encoder call; then
+`predict(..., image_index=i)` / `predict_torch(..., image_index=i)` prompt image i, with the same result
+as `set_image(img_i)` + `predict(...)` (up to float noise of the batched encoder).
 """
 
 from __future__ import annotations
@@ -85,35 +89,84 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self.is_image_set = False
-        self.features = None
-        self.hq_features = None  # HQ models: the fused early/final features of the image
+        self.features = None  # (N, 256, h, w): one row per image set
+        self.hq_features = None  # HQ models: the fused early/final features of the images
+        # original_size / input_size: those of the image when one is set (None after set_images of several)
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        self.original_sizes: list[tuple[int, int]] = []  # one per image set, in order
+        self.input_sizes: list[tuple[int, int]] = []
 
     @torch.no_grad()
     def set_image(self, image, image_format: str = "RGB") -> None:
         """Encode an image (HxWx3 uint8 RGB array or PIL image; grayscale and RGBA are converted)."""
-        arr = as_rgb_uint8(image, image_format)
+        self._encode([as_rgb_uint8(image, image_format)])
+
+    @torch.no_grad()
+    def set_images(self, images, image_format: str = "RGB") -> None:
+        """Encode several images (a list or tuple of what `set_image` takes, of any sizes) in one encoder
+        call. Each is preprocessed as `set_image` does; prompt image i with `predict(..., image_index=i)`
+        or `predict_torch(..., image_index=i)`. Replaces any image set before."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if not isinstance(images, (list, tuple)):
+            raise TypeError(
+                f"images must be a list or tuple of images, got {type(images).__name__} "
+                f"(for one image use set_image, or pass [image])"
+            )
+        if len(images) == 0:
+            raise ValueError("images is empty: give at least one image")
+        arrs = []
+        for i, image in enumerate(images):
+            try:
+                arrs.append(as_rgb_uint8(image, image_format))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"images[{i}]: {e}") from None
+        self._encode(arrs)
+
+    def _encode(self, arrs: list[np.ndarray]) -> None:
         cfg = self.model.config
-        x = transforms.preprocess(arr, cfg, self.device)
+        x = torch.cat([transforms.preprocess(a, cfg, self.device) for a in arrs])
         dtype = self.model.image_encoder.patch_embed.proj.weight.dtype
         self.reset_image()
         if self.model.is_hq:
             self.features, self.hq_features = self.model.encode_image_hq(x.to(dtype))
         else:
             self.features = self.model.encode_image(x.to(dtype))
-        self.original_size = (arr.shape[0], arr.shape[1])
-        self.input_size = transforms.input_size(self.original_size, cfg)
+        self.original_sizes = [(a.shape[0], a.shape[1]) for a in arrs]
+        self.input_sizes = [transforms.input_size(s, cfg) for s in self.original_sizes]
+        if len(arrs) == 1:
+            self.original_size, self.input_size = self.original_sizes[0], self.input_sizes[0]
         self.is_image_set = True
 
-    def get_image_embedding(self) -> torch.Tensor:
-        """(1, 256, 64, 64) embedding of the image set with `set_image`."""
+    def get_image_embedding(self, image_index: int | None = None) -> torch.Tensor:
+        """(N, 256, 64, 64) embeddings of the N images set (N = 1 after `set_image`), or (1, 256, 64, 64)
+        of image `image_index`."""
         self._require_image()
-        return self.features
+        if image_index is None:
+            return self.features
+        i = self._image_index(image_index)
+        return self.features[i : i + 1]
 
     def _require_image(self) -> None:
         if not self.is_image_set:
-            raise RuntimeError("no image is set: call set_image(image) first")
+            raise RuntimeError("no image is set: call set_image(image) (or set_images(images)) first")
+
+    def _image_index(self, image_index) -> int:
+        """The image a prediction is for: `image_index` in [0, N), or None when exactly one image is set."""
+        self._require_image()
+        n = len(self.original_sizes)
+        if image_index is None:
+            if n > 1:
+                raise ValueError(f"{n} images are set (set_images): pass image_index, an int in [0, {n - 1}]")
+            return 0
+        if isinstance(image_index, (bool, np.bool_)) or not isinstance(image_index, (int, np.integer)):
+            raise TypeError(f"image_index must be an int, got {type(image_index).__name__}")
+        if not 0 <= image_index < n:
+            raise IndexError(
+                f"image_index {int(image_index)} is out of range: {n} image(s) set, valid 0 to {n - 1}"
+            )
+        return int(image_index)
 
     def predict(
         self,
@@ -124,14 +177,16 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         hq_token_only: bool = False,
+        image_index: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One prompt in original-image pixels -> masks (C, H, W), IoU (C,), low-res logits (C, 256, 256).
 
         point_coords (N, 2) XY with point_labels (N,); box (4,) XYXY; mask_input (1, 256, 256) logits
         from a previous call. C = 3 with `multimask_output`, else 1; HQ models always return C = 1
         (SAM + HQ logits, or the HQ logits alone with `hq_token_only`), as the official HQ-SAM.
+        `image_index`: which image after `set_images` (required when several are set).
         """
-        self._require_image()
+        self._image_index(image_index)
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         coords = labels = boxes = masks = None
@@ -149,7 +204,7 @@ class SamPredictor:
             masks = _array(mask_input, "mask_input", (1, None, None))[None]
         out_masks, iou, low_res = self.predict_torch(
             coords, labels, boxes, masks, multimask_output=multimask_output, return_logits=return_logits,
-            hq_token_only=hq_token_only,
+            hq_token_only=hq_token_only, image_index=image_index,
         )
         return out_masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy()
 
@@ -163,46 +218,53 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         hq_token_only: bool = False,
+        image_index: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """B prompts for the set image in one decoder call, coordinates in original-image pixels.
 
         point_coords (B, N, 2), point_labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256)
         -> masks (B, C, H, W) bool (logits if `return_logits`), IoU (B, C), low-res logits (B, C, 256, 256).
+        `image_index`: which image after `set_images` (required when several are set).
         """
-        self._require_image()
+        i = self._image_index(image_index)
+        original_size = self.original_sizes[i]
+        features = self.features[i : i + 1]
+        hq_features = None if self.hq_features is None else self.hq_features[i : i + 1]
         cfg = self.model.config
         multimask_output = _flag(multimask_output, "multimask_output")
         return_logits = _flag(return_logits, "return_logits")
         hq_token_only = _flag(hq_token_only, "hq_token_only")
         if hq_token_only and not self.model.is_hq:
             raise ValueError("hq_token_only applies to HQ models only")
-        coords, labels, boxes, mask_input, batch = self._validate(point_coords, point_labels, boxes, mask_input)
+        coords, labels, boxes, mask_input, batch = self._validate(
+            point_coords, point_labels, boxes, mask_input, original_size
+        )
         dev = self.device
         if batch == 0:  # an empty batch gives empty outputs of the usual shapes
             c = 1 if self.model.is_hq or not multimask_output else self.model.mask_decoder.num_multimask_outputs
             s = 4 * self.model.prompt_encoder.image_embedding_size[0]
             mask_dtype = torch.float32 if return_logits else torch.bool
-            masks = torch.empty(0, c, *self.original_size, device=dev, dtype=mask_dtype)
-            iou = torch.empty(0, c, device=dev, dtype=self.features.dtype)
+            masks = torch.empty(0, c, *original_size, device=dev, dtype=mask_dtype)
+            iou = torch.empty(0, c, device=dev, dtype=features.dtype)
             return masks, iou, torch.empty(0, c, s, s, device=dev)
         if coords is not None:
-            coords = transforms.transform_coords(coords.to(dev), self.original_size, cfg)
+            coords = transforms.transform_coords(coords.to(dev), original_size, cfg)
             labels = labels.to(dev)
         if boxes is not None:
-            boxes = transforms.transform_boxes(boxes.to(dev), self.original_size, cfg)
+            boxes = transforms.transform_boxes(boxes.to(dev), original_size, cfg)
         if mask_input is not None:
-            mask_input = mask_input.to(dev, self.features.dtype)
-        hq = dict(hq_features=self.hq_features, hq_token_only=hq_token_only) if self.model.is_hq else {}
-        low_res, iou = self.model.decode(self.features, coords, labels, boxes, mask_input, multimask_output, **hq)
+            mask_input = mask_input.to(dev, features.dtype)
+        hq = dict(hq_features=hq_features, hq_token_only=hq_token_only) if self.model.is_hq else {}
+        low_res, iou = self.model.decode(features, coords, labels, boxes, mask_input, multimask_output, **hq)
         low_res = low_res.float()
-        masks = transforms.postprocess_masks(low_res, self.original_size, cfg)
+        masks = transforms.postprocess_masks(low_res, original_size, cfg)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
-    def _validate(self, coords, labels, boxes, mask_input):
+    def _validate(self, coords, labels, boxes, mask_input, original_size):
         cfg = self.model.config
-        h, w = self.original_size
+        h, w = original_size
         if (coords is None) != (labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         batch = []

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import HQConfig, ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
@@ -22,6 +23,9 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
 
     Coordinates given to `decode` are in the model's input frame (`img_size` pixels, after the
     family's resize); `efficient_sam.transforms` maps original-image coordinates there.
+
+    `model(batched_input, multimask_output)` is the official batched `Sam.forward` (`forward_batched`),
+    for both families.
 
     Hub: `save_pretrained(dir)` writes config.json (the full `SamConfig`), model.safetensors and a
     model card; `push_to_hub(repo_id)` uploads them; `Sam.from_pretrained(...)` loads strictly
@@ -131,7 +135,20 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
             raise ValueError("hq_features / hq_token_only apply to HQ models only")
         return self.mask_decoder(*args)
 
-    def forward(
+    def forward(self, batched_input, *args, **kwargs):
+        """Two entry points, told apart by the first argument:
+
+        - a list of dicts: the official batched API, `forward(batched_input, multimask_output,
+          hq_token_only=False)` -> a list of dicts (`forward_batched`), as `segment_anything.Sam.forward`;
+        - a tensor: `forward(images, point_coords, point_labels, boxes, mask_input, multimask_output,
+          hq_token_only)`, preprocessed images and prompts in the input frame -> (low-res logits, IoU)
+          (`forward_preprocessed`).
+        """
+        if isinstance(batched_input, torch.Tensor):
+            return self.forward_preprocessed(batched_input, *args, **kwargs)
+        return self.forward_batched(batched_input, *args, **kwargs)
+
+    def forward_preprocessed(
         self,
         images: torch.Tensor,
         point_coords: torch.Tensor | None = None,
@@ -148,6 +165,174 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         return self.decode(
             self.encode_image(images), point_coords, point_labels, boxes, mask_input, multimask_output
         )
+
+    @torch.no_grad()
+    def forward_batched(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool, hq_token_only: bool = False
+    ) -> list[dict[str, torch.Tensor]]:
+        """The official `Sam.forward`: all images through the encoder in one call, then each image's
+        prompts through the decoder in one call.
+
+        batched_input: one dict per image, with
+          'image': (3, H, W) tensor, RGB on the 0-255 scale (float or uint8). SAM family: already resized
+            so that the longest side is `img_size` (as the official code expects: `ResizeLongestSide`;
+            sides <= img_size), normalised and zero-padded here. EfficientSAM family: any size (e.g. the
+            original image), stretched here to img_size x img_size as the official EfficientSAM does.
+          'original_size': (H0, W0), the size the masks are returned at.
+          'point_coords' (B, N, 2) with 'point_labels' (B, N), 'boxes' (B, 4) XYXY: optional, in the
+            pixel frame of 'image' (SAM: the resized frame, as the official code; EfficientSAM: scaled
+            per axis to the stretched input, padding points of label -1 kept at -1).
+          'mask_inputs' (B, 1, 256, 256): optional low-res logits (SAM family only).
+        multimask_output: 3 masks per prompt, else 1 (HQ models: always 1, SAM + HQ logits or HQ alone
+            with `hq_token_only`, as `segment_anything_hq`).
+
+        Returns one dict per image: 'masks' (B, C, H0, W0) bool, 'iou_predictions' (B, C),
+        'low_res_logits' (B, C, 256, 256). Each family post-processes as its official code: SAM bilinear
+        to img_size, crop to the image's (H, W), bilinear to the original size; EfficientSAM bicubic
+        straight to the original size. Given what `SamPredictor.set_image` would feed the model, the
+        outputs are those of `SamPredictor.predict_torch`.
+        """
+        records = self._check_batched_input(batched_input)
+        dtype = self.image_encoder.patch_embed.proj.weight.dtype
+        x = torch.cat([self.preprocess(r["image"]) for r in records]).to(dtype)
+        if self.is_hq:
+            emb, hq = self.encode_image_hq(x)
+        else:
+            emb, hq = self.encode_image(x), None
+        outputs = []
+        for i, r in enumerate(records):
+            frame = tuple(r["image"].shape[-2:])
+            coords, labels, boxes, masks = (r.get(k) for k in ("point_coords", "point_labels", "boxes", "mask_inputs"))
+            if coords is not None:
+                coords, labels = self._to_input_frame(coords, frame), labels.to(self.device)
+            if boxes is not None:
+                boxes = self._to_input_frame(boxes.reshape(-1, 2, 2), frame).reshape(-1, 4)
+            if masks is not None:
+                masks = masks.to(self.device, dtype)
+            extra = dict(hq_features=hq[i : i + 1], hq_token_only=hq_token_only) if self.is_hq else {}
+            low, iou = self.decode(emb[i : i + 1], coords, labels, boxes, masks, multimask_output, **extra)
+            full = self.postprocess_masks(low.float(), frame, r["original_size"])
+            outputs.append({"masks": full > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low})
+        return outputs
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) RGB on the 0-255 scale -> (1, 3, S, S) normalised input, by the family's policy:
+        SAM normalises and zero-pads bottom/right (H, W <= S); EfficientSAM scales to [0, 1], stretches
+        bilinearly to S x S and normalises."""
+        s, dev = self.img_size, self.device
+        # from the config, in fp32: the buffers follow the model's dtype (bf16 would round them)
+        mean = torch.tensor(self.config.pixel_mean, device=dev).view(-1, 1, 1)
+        std = torch.tensor(self.config.pixel_std, device=dev).view(-1, 1, 1)
+        x = image.to(dev, torch.float32)
+        x = x[None] if x.dim() == 3 else x  # (3, H, W) or, as the official method also takes, (B, 3, H, W)
+        if self.config.resize == "stretch":
+            x = x / 255
+            if tuple(x.shape[-2:]) != (s, s):
+                x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
+            return (x - mean / 255) / (std / 255)
+        x = (x - mean) / std
+        return F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(B, C, 256, 256) low-res logits -> (B, C, H0, W0) logits. SAM: bilinear to S x S, crop to
+        `input_size` (the image's size before padding), bilinear to `original_size`. EfficientSAM:
+        bicubic straight to `original_size` (`input_size` is unused: the image was stretched)."""
+        original_size = (int(original_size[0]), int(original_size[1]))
+        if self.config.resize == "stretch":
+            return F.interpolate(masks, original_size, mode="bicubic", align_corners=False)
+        s = self.img_size
+        masks = F.interpolate(masks, (s, s), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+    def _to_input_frame(self, coords: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
+        """(..., 2) (x, y) pixels of the given image -> the input frame: SAM identity (the image is already
+        resized); EfficientSAM scaled per axis to S x S, negative (padding) coordinates -> -1."""
+        coords = coords.to(self.device, torch.float32)
+        if self.config.resize != "stretch":
+            return coords
+        s, (h, w) = self.img_size, frame
+        x = torch.where(coords[..., 0] >= 0, coords[..., 0] * s / w, -1.0)
+        y = torch.where(coords[..., 1] >= 0, coords[..., 1] * s / h, -1.0)
+        return torch.stack([x, y], dim=-1)
+
+    def _check_batched_input(self, batched_input) -> list[dict[str, Any]]:
+        """The records of `forward_batched`, or an error naming the record and key."""
+        if not isinstance(batched_input, (list, tuple)):
+            raise TypeError(
+                f"batched_input must be a list of dicts (one per image), got {type(batched_input).__name__}"
+            )
+        if len(batched_input) == 0:
+            raise ValueError("batched_input is empty: give at least one image record")
+        known = {"image", "original_size", "point_coords", "point_labels", "boxes", "mask_inputs"}
+        s = self.img_size
+        for i, r in enumerate(batched_input):
+            where = f"batched_input[{i}]"
+            if not isinstance(r, dict):
+                raise TypeError(f"{where} must be a dict, got {type(r).__name__}")
+            unknown = sorted(set(r) - known)
+            if unknown:
+                raise ValueError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
+            for key in ("image", "original_size"):
+                if key not in r:
+                    raise ValueError(f"{where} has no {key!r}")
+            img = r["image"]
+            if not isinstance(img, torch.Tensor):
+                raise TypeError(f"{where}['image'] must be a torch tensor, got {type(img).__name__}")
+            if img.dtype == torch.bool or img.is_complex():
+                raise TypeError(f"{where}['image'] must be real numbers on the 0-255 scale, got dtype {img.dtype}")
+            if img.dim() != 3 or img.shape[0] != 3 or img.shape[1] == 0 or img.shape[2] == 0:
+                raise ValueError(
+                    f"{where}['image'] must be a 3xHxW tensor, got shape {tuple(img.shape)}"
+                    + ("; an HxWx3 image? permute(2, 0, 1) it first" if img.dim() == 3 and img.shape[-1] == 3 else "")
+                )
+            if self.config.resize != "stretch" and (img.shape[1] > s or img.shape[2] > s):
+                raise ValueError(
+                    f"{where}['image'] is {img.shape[1]}x{img.shape[2]}, larger than the model's {s}x{s} input: "
+                    f"resize its longest side to {s} first (ResizeLongestSide({s}).apply_image)"
+                )
+            size = r["original_size"]
+            try:
+                ok = len(size) == 2 and all(int(v) == v and int(v) > 0 for v in size)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"{where}['original_size'] must be (H, W), two positive ints, got {size!r}")
+            if ("point_coords" in r and r["point_coords"] is not None) != (
+                "point_labels" in r and r["point_labels"] is not None
+            ):
+                raise ValueError(f"{where}: 'point_coords' and 'point_labels' must be given together")
+            batch = []
+            for key, shape in (("point_coords", "(B, N, 2)"), ("boxes", "(B, 4)"), ("mask_inputs", "(B, 1, 256, 256)")):
+                t = r.get(key)
+                if t is None:
+                    continue
+                if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.is_complex():
+                    raise TypeError(f"{where}[{key!r}] must be a real-valued torch tensor {shape}")
+                batch.append(t.shape[0] if t.dim() else None)
+            c = r.get("point_coords")
+            if c is not None:
+                lab = r["point_labels"]
+                if c.dim() != 3 or c.shape[-1] != 2:
+                    raise ValueError(f"{where}['point_coords'] must be (B, N, 2), got {tuple(c.shape)}")
+                if not isinstance(lab, torch.Tensor) or tuple(lab.shape) != tuple(c.shape[:2]):
+                    got = tuple(lab.shape) if isinstance(lab, torch.Tensor) else type(lab).__name__
+                    raise ValueError(f"{where}['point_labels'] must be a (B, N) = {tuple(c.shape[:2])} tensor, got {got}")
+            b = r.get("boxes")
+            if b is not None and (b.dim() != 2 or b.shape[-1] != 4):
+                raise ValueError(f"{where}['boxes'] must be (B, 4) XYXY, got {tuple(b.shape)}")
+            m = r.get("mask_inputs")
+            if m is not None:
+                if not self.config.prompt_encoder.mask_prompt:
+                    raise ValueError(f"{where}['mask_inputs']: this model has no mask-prompt input (EfficientSAM decoder)")
+                ms = 4 * self.prompt_encoder.image_embedding_size[0]
+                if m.dim() != 4 or tuple(m.shape[1:]) != (1, ms, ms):
+                    raise ValueError(f"{where}['mask_inputs'] must be (B, 1, {ms}, {ms}), got {tuple(m.shape)}")
+            if len(set(batch)) > 1:
+                raise ValueError(f"{where}: prompt batch sizes disagree: {batch} (point_coords, boxes, mask_inputs)")
+        return list(batched_input)
 
 
 def _as_sam_config(config: SamConfig | dict) -> SamConfig:
