@@ -1,4 +1,5 @@
-"""Each family's official pre/post-processing, as plain functions of the config.
+"""Each family's official pre/post-processing of numpy images and original-pixel prompts, as functions of
+the config (the tensor half is `modeling.processing`, shared with `Sam.forward_batched`).
 
 SAM: longest side -> img_size (`int(x*s + 0.5)`, PIL bilinear on uint8), normalise on the 0-255
 scale, zero-pad bottom/right; masks: bilinear to img_size, crop, bilinear to the original size.
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .config import SamConfig
+from .modeling.processing import normalize_input, stretch_coords, upscale_masks
 
 
 def longest_side_size(h: int, w: int, target: int) -> tuple[int, int]:
@@ -36,19 +37,11 @@ def preprocess(image: np.ndarray, cfg: SamConfig, device: torch.device | str = "
     h, w = image.shape[:2]
     if not image.flags.writeable:  # e.g. np.asarray(PIL image); torch warns on read-only buffers
         image = image.copy()
-    s = cfg.image_encoder.img_size
-    mean = torch.tensor(cfg.pixel_mean, device=device).view(-1, 1, 1)
-    std = torch.tensor(cfg.pixel_std, device=device).view(-1, 1, 1)
-    if cfg.resize == "stretch":
-        x = torch.as_tensor(image, device=device).permute(2, 0, 1).float().div(255)[None]
-        if (h, w) != (s, s):
-            x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
-        return (x - mean / 255) / (std / 255)
-    nh, nw = longest_side_size(h, w, s)
-    resized = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-    x = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
-    x = (x - mean) / std
-    return F.pad(x, (0, s - nw, 0, s - nh))
+    if cfg.resize != "stretch":  # PIL bilinear on uint8, as the official ResizeLongestSide
+        nh, nw = longest_side_size(h, w, cfg.image_encoder.img_size)
+        image = np.array(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    x = torch.as_tensor(image, device=device).permute(2, 0, 1).contiguous()[None]
+    return normalize_input(x, cfg)
 
 
 def transform_coords(coords: torch.Tensor, original_size: tuple[int, int], cfg: SamConfig) -> torch.Tensor:
@@ -57,9 +50,7 @@ def transform_coords(coords: torch.Tensor, original_size: tuple[int, int], cfg: 
     coords = coords.to(torch.float32)
     s = cfg.image_encoder.img_size
     if cfg.resize == "stretch":
-        x = torch.where(coords[..., 0] >= 0, coords[..., 0] * s / w, -1.0)
-        y = torch.where(coords[..., 1] >= 0, coords[..., 1] * s / h, -1.0)
-        return torch.stack([x, y], dim=-1)
+        return stretch_coords(coords, original_size, s)
     nh, nw = longest_side_size(h, w, s)
     return torch.stack([coords[..., 0] * (nw / w), coords[..., 1] * (nh / h)], dim=-1)
 
@@ -73,10 +64,4 @@ def postprocess_masks(
     low_res: torch.Tensor, original_size: tuple[int, int], cfg: SamConfig
 ) -> torch.Tensor:
     """(B, C, 256, 256) logits -> (B, C, H, W) logits at the original size."""
-    if cfg.resize == "stretch":
-        return F.interpolate(low_res, original_size, mode="bicubic", align_corners=False)
-    s = cfg.image_encoder.img_size
-    ih, iw = input_size(original_size, cfg)
-    masks = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
-    masks = masks[..., :ih, :iw]
-    return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+    return upscale_masks(low_res, input_size(original_size, cfg), original_size, cfg)

@@ -6,7 +6,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import HQConfig, ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
@@ -15,6 +14,7 @@ from .hub_mixin import StrictHubMixin, hub_kwargs
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .mask_decoder_hq import MaskDecoderHQ
+from .processing import normalize_input, stretch_coords, upscale_masks
 from .prompt_encoder import PromptEncoder
 
 
@@ -216,22 +216,10 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         return outputs
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) RGB on the 0-255 scale -> (1, 3, S, S) normalised input, by the family's policy:
-        SAM normalises and zero-pads bottom/right (H, W <= S); EfficientSAM scales to [0, 1], stretches
-        bilinearly to S x S and normalises."""
-        s, dev = self.img_size, self.device
-        # from the config, in fp32: the buffers follow the model's dtype (bf16 would round them)
-        mean = torch.tensor(self.config.pixel_mean, device=dev).view(-1, 1, 1)
-        std = torch.tensor(self.config.pixel_std, device=dev).view(-1, 1, 1)
-        x = image.to(dev, torch.float32)
-        x = x[None] if x.dim() == 3 else x  # (3, H, W) or, as the official method also takes, (B, 3, H, W)
-        if self.config.resize == "stretch":
-            x = x / 255
-            if tuple(x.shape[-2:]) != (s, s):
-                x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
-            return (x - mean / 255) / (std / 255)
-        x = (x - mean) / std
-        return F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
+        """(3, H, W) or (B, 3, H, W) RGB on the 0-255 scale -> (B, 3, S, S) normalised input, by the
+        family's policy: SAM zero-pads bottom/right (H, W <= S); EfficientSAM stretches to S x S."""
+        x = image.to(self.device)
+        return normalize_input(x[None] if x.dim() == 3 else x, self.config)
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
@@ -239,13 +227,7 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         """(B, C, 256, 256) low-res logits -> (B, C, H0, W0) logits. SAM: bilinear to S x S, crop to
         `input_size` (the image's size before padding), bilinear to `original_size`. EfficientSAM:
         bicubic straight to `original_size` (`input_size` is unused: the image was stretched)."""
-        original_size = (int(original_size[0]), int(original_size[1]))
-        if self.config.resize == "stretch":
-            return F.interpolate(masks, original_size, mode="bicubic", align_corners=False)
-        s = self.img_size
-        masks = F.interpolate(masks, (s, s), mode="bilinear", align_corners=False)
-        masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+        return upscale_masks(masks, input_size, (int(original_size[0]), int(original_size[1])), self.config)
 
     def _to_input_frame(self, coords: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
         """(..., 2) (x, y) pixels of the given image -> the input frame: SAM identity (the image is already
@@ -253,10 +235,7 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         coords = coords.to(self.device, torch.float32)
         if self.config.resize != "stretch":
             return coords
-        s, (h, w) = self.img_size, frame
-        x = torch.where(coords[..., 0] >= 0, coords[..., 0] * s / w, -1.0)
-        y = torch.where(coords[..., 1] >= 0, coords[..., 1] * s / h, -1.0)
-        return torch.stack([x, y], dim=-1)
+        return stretch_coords(coords, frame, self.img_size)
 
     def _check_batched_input(self, batched_input) -> list[dict[str, Any]]:
         """The records of `forward_batched`, or an error naming the record and key."""
