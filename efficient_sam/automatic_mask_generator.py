@@ -125,20 +125,48 @@ class SamAutomaticMaskGenerator:
         `segmentation` (HxW bool array, or RLE dict per `output_mode`), `area` (int), `bbox` [x, y, w, h],
         `predicted_iou`, `point_coords` [[x, y]], `stability_score`, `crop_box` [x, y, w, h].
         `multimask_output=False` uses the single-mask output (as `segment_anything_hq`'s `generate`)."""
-        image = as_rgb_uint8(image, image_format)
+        return self.generate_batch([image], multimask_output, image_format)[0]
+
+    @torch.no_grad()
+    def generate_batch(
+        self, images, multimask_output: bool = True, image_format: str = "RGB", crops_per_batch: int = 8
+    ) -> list[list[dict[str, Any]]]:
+        """Several images (a list of what `generate` takes, any sizes) -> one record list per image, each
+        equal to `generate(image)`. The crops of all images go through the encoder `crops_per_batch` at a
+        time (one encoder call each); `last_stats` counts the candidates of the whole call."""
+        if not isinstance(images, (list, tuple)):
+            raise TypeError(f"images must be a list or tuple of images, got {type(images).__name__}")
+        if not isinstance(crops_per_batch, int) or isinstance(crops_per_batch, bool) or crops_per_batch < 1:
+            raise ValueError(f"crops_per_batch must be an int >= 1, got {crops_per_batch!r}")
+        arrs = []
+        for i, image in enumerate(images):
+            try:
+                arrs.append(as_rgb_uint8(image, image_format))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"images[{i}]: {e}") from None
         self.last_stats = {"prompts": 0, "outputs": 0, "iou_kept": 0, "stability_kept": 0, "edge_kept": 0}
-        data = self._generate_masks(image, bool(multimask_output))
-        h, w = image.shape[:2]
+        crops = [amg.generate_crop_boxes(a.shape[:2], self.crop_n_layers, self.crop_overlap_ratio) for a in arrs]
+        jobs = [(i, cb, layer) for i, (boxes, layers) in enumerate(crops) for cb, layer in zip(boxes, layers)]
+        parts: list[list[dict[str, Any]]] = [[] for _ in arrs]
+        pred = self.predictor
+        for start in range(0, len(jobs), crops_per_batch):
+            chunk = jobs[start : start + crops_per_batch]
+            pred.set_images([arrs[i][y0:y1, x0:x1] for i, (x0, y0, x1, y1), _ in chunk])
+            for j, (i, cb, layer) in enumerate(chunk):
+                parts[i].append(self._process_crop(j, cb, layer, arrs[i].shape[:2], bool(multimask_output)))
+        pred.reset_image()
+        return [self._records(self._merge_crops(p, c[0]), a.shape[:2]) for p, c, a in zip(parts, crops, arrs)]
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _records(self, data: dict[str, Any], size: tuple[int, int]) -> list[dict[str, Any]]:
+        h, w = size
         masks = data["masks"]  # list of (h_c, w_c) bool tensors on the device, crop frame
-        if self.min_mask_region_area > 0 and masks:
-            full = [amg.uncrop_masks(m[None], cb, h, w)[0] for m, cb in zip(masks, data["crop_boxes"])]
-            data = self._postprocess_small_regions(data, torch.stack(full))
-            full_masks = data.pop("full_masks")
-        elif masks:
-            # one crop: masks are already full size; several crops: pad each once
-            full_masks = torch.stack(
-                [amg.uncrop_masks(m[None], cb, h, w)[0] for m, cb in zip(masks, data["crop_boxes"])]
-            )
+        if masks:
+            full_masks = torch.stack([amg.uncrop_masks(m[None], cb, h, w)[0] for m, cb in zip(masks, data["crop_boxes"])])
+            if self.min_mask_region_area > 0:
+                data = self._postprocess_small_regions(data, full_masks)
+                full_masks = data.pop("full_masks")
         else:
             full_masks = torch.zeros(0, h, w, dtype=torch.bool)
         areas = full_masks.sum((1, 2)).cpu().tolist()
@@ -153,28 +181,21 @@ class SamAutomaticMaskGenerator:
         iou = data["iou_preds"].float().cpu().tolist()
         stab = data["stability_score"].float().cpu().tolist()
         points = data["points"].cpu().tolist()
-        records = []
-        for i in range(len(segs)):
-            cb = data["crop_boxes"][i]
-            records.append(
-                {
-                    "segmentation": segs[i],
-                    "area": int(areas[i]),
-                    "bbox": boxes_xywh[i],
-                    "predicted_iou": iou[i],
-                    "point_coords": [points[i]],
-                    "stability_score": stab[i],
-                    "crop_box": [cb[0], cb[1], cb[2] - cb[0], cb[3] - cb[1]],
-                }
-            )
-        return records
+        return [
+            {
+                "segmentation": segs[i],
+                "area": int(areas[i]),
+                "bbox": boxes_xywh[i],
+                "predicted_iou": iou[i],
+                "point_coords": [points[i]],
+                "stability_score": stab[i],
+                "crop_box": [cb[0], cb[1], cb[2] - cb[0], cb[3] - cb[1]],
+            }
+            for i, cb in enumerate(data["crop_boxes"])
+        ]
 
-    # -- internals -------------------------------------------------------------------------------------
-
-    def _generate_masks(self, image: np.ndarray, multimask_output: bool) -> dict[str, Any]:
-        h, w = image.shape[:2]
-        crop_boxes, layers = amg.generate_crop_boxes((h, w), self.crop_n_layers, self.crop_overlap_ratio)
-        parts = [self._process_crop(image, cb, layer, (h, w), multimask_output) for cb, layer in zip(crop_boxes, layers)]
+    def _merge_crops(self, parts: list[dict[str, Any]], crop_boxes: list[list[int]]) -> dict[str, Any]:
+        """The crops' masks of one image, then NMS between crops preferring smaller crops."""
         data = {
             "masks": [m for p in parts for m in p["masks"]],
             "crop_boxes": [cb for p, cb in zip(parts, crop_boxes) for _ in p["masks"]],
@@ -183,31 +204,44 @@ class SamAutomaticMaskGenerator:
             data[key] = torch.cat([p[key] for p in parts])
         if len(crop_boxes) > 1 and len(data["masks"]):
             cbs = torch.tensor(data["crop_boxes"], device=data["boxes"].device)
-            scores = 1 / amg.box_area(cbs)  # prefer masks from smaller crops
+            scores = 1 / amg.box_area(cbs)
             keep = batched_nms(
                 data["boxes"].float(), scores, torch.zeros_like(scores, dtype=torch.int64), self.crop_nms_thresh
             )
             data = _select(data, keep)
         return data
 
-    def _process_crop(self, image, crop_box, layer, orig_size, multimask_output) -> dict[str, Any]:
+    def _keep_prompts(self, iou: torch.Tensor) -> torch.Tensor:
+        """IoU predictions (B, k) -> prompts with at least one output above `pred_iou_thresh`."""
+        if self.pred_iou_thresh <= 0.0:
+            return torch.arange(iou.shape[0], device=iou.device)
+        return (iou.amax(dim=1) > self.pred_iou_thresh).nonzero().flatten()
+
+    def _process_crop(self, j, crop_box, layer, orig_size, multimask_output) -> dict[str, Any]:
+        """Crop `j` of the predictor's image set, at `crop_box` (XYXY) of an image of `orig_size`."""
         x0, y0, x1, y1 = crop_box
-        crop = image[y0:y1, x0:x1]
-        ch, cw = crop.shape[:2]
+        ch, cw = y1 - y0, x1 - x0
         pred = self.predictor
-        pred.set_image(crop)
         dev = pred.device
         points = torch.as_tensor(self.point_grids[layer] * np.array([[cw, ch]]), device=dev)  # float64
         cfg = self.model.config
-        hq = dict(hq_features=pred.hq_features) if self.model.is_hq else {}
+        feats = pred.features[j : j + 1]
+        hq = dict(hq_features=pred.hq_features[j : j + 1]) if self.model.is_hq else {}
         orig_box = [0, 0, orig_size[1], orig_size[0]]
         got = {k: [] for k in ("masks", "boxes", "iou_preds", "stability_score", "points")}
+        st = self.last_stats
         for start in range(0, len(points), self.points_per_batch):
             pts = points[start : start + self.points_per_batch]
             coords = transforms.transform_coords(pts[:, None, :], (ch, cw), cfg)
             labels = torch.ones(len(pts), 1, dtype=torch.int64, device=dev)
-            low_res, iou = self.model.decode(pred.features, coords, labels, None, None, multimask_output, **hq)
-            low_res, iou = low_res.float(), iou.float()
+            # masks only for the prompts the IoU filter can keep
+            low_res, iou = self.model.decode(
+                feats, coords, labels, None, None, multimask_output, prompt_filter=self._keep_prompts, **hq
+            )
+            st["prompts"] += len(pts)
+            st["outputs"] += iou.shape[0] * (1 if self.best_of_multimask else iou.shape[1])
+            kept = self._keep_prompts(iou)
+            low_res, iou = low_res.float(), iou[kept].float()
             k = iou.shape[1]
             if self.best_of_multimask and k > 1:
                 best = iou.argmax(dim=1, keepdim=True)
@@ -216,12 +250,11 @@ class SamAutomaticMaskGenerator:
                 k = 1
             iou = iou.flatten()
             low_res = low_res.flatten(0, 1)
-            pt_idx = torch.arange(len(pts), device=dev).repeat_interleave(k)
-            keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
-            idx = keep.nonzero().flatten()
-            st = self.last_stats
-            st["prompts"] += len(pts)
-            st["outputs"] += len(iou)
+            pt_idx = kept.repeat_interleave(k)
+            if self.pred_iou_thresh > 0.0:
+                idx = (iou > self.pred_iou_thresh).nonzero().flatten()
+            else:
+                idx = torch.arange(len(iou), device=dev)
             st["iou_kept"] += idx.numel()
             if idx.numel() == 0:
                 continue
@@ -241,7 +274,6 @@ class SamAutomaticMaskGenerator:
             got["iou_preds"].append(iou[idx[sel]])
             got["stability_score"].append(stab[sel])
             got["points"].append(pts[pt_idx[idx[sel]]])
-        pred.reset_image()
         if not got["masks"]:
             empty = torch.zeros(0, device=dev)
             return {

@@ -9,6 +9,8 @@ which changes SAM's own outputs too, exactly as the official model does.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -66,23 +68,44 @@ class MaskDecoderHQ(MaskDecoder):
         multimask_output: bool,
         hq_features: torch.Tensor | None = None,
         hq_token_only: bool = False,
+        prompt_filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> masks (B, 1, 4h, 4w) and SAM's IoU prediction (B, 1), as the official HQ-SAM: the SAM mask
         is token 0 (single) or the most confident of tokens 1-3 (multimask: one mask, not three); the
-        output is SAM + HQ logits, or the HQ logits alone with `hq_token_only`."""
+        output is SAM + HQ logits, or the HQ logits alone with `hq_token_only`. `prompt_filter` as in
+        `MaskDecoder.forward`."""
         if hq_features is None:
             raise ValueError("an HQ model needs hq_features (Sam.encode_image_hq) to decode")
-        masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, hq_features
+        hs, src = self.run_transformer(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, self.hf_token.weight
         )
-        n_sam = self.num_mask_tokens
+        iou_all = self.iou_prediction_head(hs[:, 0, :])
         if multimask_output:
-            iou_pred, best = iou_pred[:, 1:n_sam].max(dim=1, keepdim=True)
-            sam = masks[:, 1:n_sam].gather(1, best[..., None, None].expand(-1, -1, *masks.shape[-2:]))
+            iou_pred, best = iou_all[:, 1 : self.num_mask_tokens].max(dim=1, keepdim=True)
+            best = best + 1
         else:
-            iou_pred, sam = iou_pred[:, :1], masks[:, :1]
-        hq = masks[:, n_sam:]
+            iou_pred, best = iou_all[:, :1], torch.zeros_like(iou_all[:, :1], dtype=torch.int64)
+        image = torch.arange(hs.shape[0], device=hs.device) // (hs.shape[0] // hq_features.shape[0])
+        if prompt_filter is not None:
+            keep = prompt_filter(iou_pred)
+            hs, src, best, image = hs[keep], src[keep], best[keep], image[keep]
+        masks = self.mask_logits(hs, src, hq_features[image])
+        sam = masks.gather(1, best[..., None, None].expand(-1, -1, *masks.shape[-2:]))
+        hq = masks[:, self.num_mask_tokens :]
         return (hq if hq_token_only else sam + hq), iou_pred
+
+    def mask_logits(self, hs: torch.Tensor, src: torch.Tensor, hq_features: torch.Tensor) -> torch.Tensor:
+        """SAM's 4 mask tokens and the HQ token: (B, 5, 4h, 4w) logits (HQ last); `hq_features`
+        (B, D/8, 4h, 4w), one per prompt."""
+        upscaled = self.output_upscaling(src)
+        b, c, h, w = upscaled.shape
+        upscaled_hq = self.embedding_maskfeature(upscaled) + hq_features
+        n = self.num_mask_tokens
+        tokens = hs[:, 1 : 2 + n, :]
+        hyper = torch.stack([mlp(tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
+        masks_sam = (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, n, h, w)
+        masks_hq = (self.hf_mlp(tokens[:, n])[:, None] @ upscaled_hq.reshape(b, c, h * w)).reshape(b, 1, h, w)
+        return torch.cat([masks_sam, masks_hq], dim=1)
 
     def predict_masks(
         self,
@@ -92,18 +115,11 @@ class MaskDecoderHQ(MaskDecoder):
         dense_prompt_embeddings: torch.Tensor | None,
         hq_features: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM's 4 mask tokens and the HQ token: (B, 5, 4h, 4w) logits (HQ last), (B, 4) IoU.
-        `hq_features` (B_img, D/8, 4h, 4w) are repeated to the prompts like the embeddings."""
-        hs, upscaled = self.run_transformer(
+        """All tokens: (B, 5, 4h, 4w) logits (HQ last), (B, 4) IoU. `hq_features` (B_img, D/8, 4h, 4w)
+        go to the prompts of their image like the embeddings."""
+        hs, src = self.run_transformer(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, self.hf_token.weight
         )
-        b, c, h, w = upscaled.shape
-        if hq_features.shape[0] != b:
-            hq_features = torch.repeat_interleave(hq_features, b // hq_features.shape[0], dim=0)
-        upscaled_hq = self.embedding_maskfeature(upscaled) + hq_features
-        n = self.num_mask_tokens
-        tokens = hs[:, 1 : 2 + n, :]
-        hyper = torch.stack([mlp(tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        masks_sam = (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, n, h, w)
-        masks_hq = (self.hf_mlp(tokens[:, n])[:, None] @ upscaled_hq.reshape(b, c, h * w)).reshape(b, 1, h, w)
-        return torch.cat([masks_sam, masks_hq], dim=1), self.iou_prediction_head(hs[:, 0, :])
+        if hq_features.shape[0] != hs.shape[0]:
+            hq_features = torch.repeat_interleave(hq_features, hs.shape[0] // hq_features.shape[0], dim=0)
+        return self.mask_logits(hs, src, hq_features), self.iou_prediction_head(hs[:, 0, :])

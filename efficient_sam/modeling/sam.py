@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -113,6 +113,7 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         multimask_output: bool = True,
         hq_features: torch.Tensor | None = None,
         hq_token_only: bool = False,
+        prompt_filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts for B masks over B_img embeddings (B a multiple of B_img, grouped by image), all in
         one decoder call -> low-res logits (B, 3 or 1, 4h, 4w) and IoU predictions (B, 3 or 1).
@@ -120,9 +121,14 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
         point_coords (B, N, 2) / point_labels (B, N), boxes (B, 4) XYXY, mask_input (B, 1, 4h, 4w) logits.
         HQ models also take `hq_features` (from `encode_image_hq`) and return one mask per prompt: SAM +
         HQ logits, or HQ only with `hq_token_only` (the official HQ-SAM's outputs).
+        `prompt_filter` (IoU predictions (B, 3 or 1) -> indices of prompts): the logits then hold only
+        the rows of those prompts (the IoU head does not see the masks, so filtering first is exact and
+        skips the upscaling of the rest; the automatic mask generator's predicted-IoU filter).
         """
         batch = next((t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None), None)
         sparse, dense = self.prompt_encoder(point_coords, point_labels, boxes, mask_input, batch_size=batch)
+        if dense is not None and mask_input is None:
+            dense = dense[:1]  # the same no-mask embedding for every prompt: the decoder shares the image side
         # The Fourier PE is computed in fp32; a bf16/fp16 model gets its prompt tokens in its own dtype.
         dtype = image_embeddings.dtype
         args = (
@@ -130,10 +136,12 @@ class Sam(nn.Module, StrictHubMixin, **hub_kwargs()):
             None if dense is None else dense.to(dtype), multimask_output,
         )
         if self.is_hq:
-            return self.mask_decoder(*args, hq_features=hq_features, hq_token_only=hq_token_only)
+            return self.mask_decoder(
+                *args, hq_features=hq_features, hq_token_only=hq_token_only, prompt_filter=prompt_filter
+            )
         if hq_features is not None or hq_token_only:
             raise ValueError("hq_features / hq_token_only apply to HQ models only")
-        return self.mask_decoder(*args)
+        return self.mask_decoder(*args, prompt_filter=prompt_filter)
 
     def forward(self, batched_input, *args, **kwargs):
         """Two entry points, told apart by the first argument:

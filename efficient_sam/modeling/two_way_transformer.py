@@ -33,8 +33,11 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, Nq, C), k/v (B, Nk, C) -> (B, Nq, C)."""
+        """q (B or B / G, Nq, C), k/v (B, Nk, C) -> (B, Nq, C). A smaller q batch is shared by groups of G
+        consecutive k/v batches (one image's tokens queried by its G prompts): projected once."""
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        if q.shape[0] != k.shape[0]:
+            q = q.repeat_interleave(k.shape[0] // q.shape[0], dim=0)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
@@ -65,6 +68,11 @@ class TwoWayAttentionBlock(nn.Module):
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries/query_pe (B, N, C); keys (B_k, HW, C) with B a multiple of B_k: before the first
+        image-to-token update the image tokens are the same for all G = B / B_k prompts of an image, and
+        are projected once (exact: attention rows are independent) -> (B, N, C), (B, HW, C)."""
+        b, n, c = queries.shape
+        bk = keys.shape[0]
         if self.style == "sam":
             if self.skip_first_layer_pe:
                 queries = self.self_attn(queries, queries, queries)
@@ -77,12 +85,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(queries, queries, queries)
         queries = self.norm1(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        k = keys + key_pe
+        q = (queries + query_pe).reshape(bk, -1, c)  # an image's prompts side by side against its tokens
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys).reshape(b, n, c))
         queries = self.norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        out = self.cross_attn_image_to_token(k, queries + query_pe, queries)
+        keys = self.norm4((keys[:, None] + out.unflatten(0, (bk, -1))).flatten(0, 1))
         return queries, keys
 
 
@@ -114,7 +123,8 @@ class TwoWayTransformer(nn.Module):
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding (B, C, h, w), image_pe (1 or B, C, h, w), point_embedding (B, N, C)
+        """image_embedding (B_k, C, h, w) with B_k dividing B (one per image when the prompts of an image
+        share it), image_pe (1 or B_k, C, h, w), point_embedding (B, N, C)
         -> processed tokens (B, N, C) and image tokens (B, h*w, C)."""
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
