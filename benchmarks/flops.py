@@ -257,7 +257,9 @@ def analytic_decoder_flops(cfg: SamConfig, num_prompts: int = 1, sparse_tokens: 
     D = transformer dim, Di = D / attention downsample rate, M = MLP dim, Ni = h*w image tokens,
     Nt = 1 + mask tokens + sparse tokens. Per two-way layer: self-attention 8*Nt*D^2 + 4*Nt^2*D;
     token->image 4*Nt*D*Di + 4*Ni*D*Di + 4*Nt*Ni*Di; MLP 4*Nt*D*M; image->token the same as
-    token->image with the roles swapped; plus a final token->image attention. Upscaling
+    token->image with the roles swapped; plus a final token->image attention. In layer 0 the image
+    side of the token->image k/v and the image->token q projections (6*Ni*D*Di) is the same for
+    every prompt without a mask prompt, and is computed once per call. Upscaling
     transposed convs, hypernetwork MLPs, IoU head and the mask product per prompt; the Fourier PE
     of the dense grid once per call (no mask prompt: SAM adds `no_mask_embed`, no FLOPs).
     """
@@ -274,6 +276,7 @@ def analytic_decoder_flops(cfg: SamConfig, num_prompts: int = 1, sparse_tokens: 
     f = cfg.prompt_encoder.embed_dim // 2  # Fourier features
     cross = 4 * nt * d * di + 4 * ni * d * di + 4 * nt * ni * di
     layer = (8 * nt * d * d + 4 * nt * nt * d) + cross + 4 * nt * d * m + cross
+    shared = 6 * ni * d * di
     up1 = 2 * ni * d * (d // 4) * 4
     up2 = 2 * (4 * ni) * (d // 4) * (d // 8) * 4
     hyper = t * 2 * (d * d + d * d + d * (d // 8))
@@ -283,7 +286,7 @@ def analytic_decoder_flops(cfg: SamConfig, num_prompts: int = 1, sparse_tokens: 
     parts = {
         "dense_pe": 2 * ni * 2 * f,
         "sparse_pe": b * 2 * s * 2 * f,
-        "transformer": b * (md.transformer_depth * layer + cross),
+        "transformer": b * (md.transformer_depth * layer + cross - shared) + shared,
         "upscaling": b * (up1 + up2),
         "heads": b * (hyper + iou),
         "mask_product": b * mask_product,

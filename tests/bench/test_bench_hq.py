@@ -48,7 +48,9 @@ def test_esam_bench_hq(tmp_path):
         # the fusion adds encoder GMACs; the HQ mask features add decoder GMACs per prompt
         assert hq["gmacs_encoder"] > base["gmacs_encoder"] > 0
         assert hq["gmacs_decoder_per_prompt"] > base["gmacs_decoder_per_prompt"] > 0
-        assert hq["gmacs_decoder_n"] == pytest.approx(4 * hq["gmacs_decoder_per_prompt"], rel=0.05)
+        # 4 prompts cost less than 4 x 1: an image's tokens are projected once up to the first
+        # image-to-token update, and only the prompt side grows with the number of prompts
+        assert 3 * hq["gmacs_decoder_per_prompt"] < hq["gmacs_decoder_n"] < 4 * hq["gmacs_decoder_per_prompt"]
         # fvcore traces the HQ calls too and agrees with FlopCounterMode (it also counts norms)
         assert abs(hq["fvcore_rel_diff_encoder"]) < 0.02 and abs(hq["fvcore_rel_diff_decoder"]) < 0.02
         assert hq["throughput_img_s"] > 0 and hq["peak_mem_mb"] >= 0

@@ -96,10 +96,13 @@ def test_full_size_decoder_per_prompt():
         assert (counts["prompt_encoder"], counts["mask_decoder"]) == (prompt_params, 4_058_340)
         flops, _ = F_.decoder_flops(model, 1)
         assert round(flops / 2e9, 1) == 1.8  # "≈ 3.6 GFLOPs (≈ 1.8 GMACs) per prompt"
-        # A batch of 64 boxes costs 64x one prompt, less the dense PE that is computed once per call.
+        # A batch of 64 boxes costs 64x one prompt, less what is computed once per call: the dense PE
+        # and layer 0's image-side projections (6 * Ni * D * Di FLOPs).
         f64, _ = F_.decoder_flops(model, 64)
-        dense = F_.analytic_decoder_flops(model.config, 1)["dense_pe"]
-        assert f64 == 64 * (flops - dense) + dense
+        md = model.config.mask_decoder
+        once = F_.analytic_decoder_flops(model.config, 1)["dense_pe"] + 6 * 64 * 64 * 256 * 128
+        assert md.transformer_dim == 256 and md.attention_downsample_rate == 2
+        assert f64 == 64 * (flops - once) + once
 
 
 def test_official_encoder_counts_the_same():
