@@ -27,7 +27,7 @@ from torchvision.ops import batched_nms
 
 from . import amg, transforms
 from .modeling.sam import Sam
-from .predictor import SamPredictor, as_rgb_uint8
+from .predictor import SamPredictor, as_rgb_uint8_list
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -134,16 +134,9 @@ class SamAutomaticMaskGenerator:
         """Several images (a list of what `generate` takes, any sizes) -> one record list per image, each
         equal to `generate(image)`. The crops of all images go through the encoder `crops_per_batch` at a
         time (one encoder call each); `last_stats` counts the candidates of the whole call."""
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(f"images must be a list or tuple of images, got {type(images).__name__}")
         if not isinstance(crops_per_batch, int) or isinstance(crops_per_batch, bool) or crops_per_batch < 1:
             raise ValueError(f"crops_per_batch must be an int >= 1, got {crops_per_batch!r}")
-        arrs = []
-        for i, image in enumerate(images):
-            try:
-                arrs.append(as_rgb_uint8(image, image_format))
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"images[{i}]: {e}") from None
+        arrs = as_rgb_uint8_list(images, image_format)
         self.last_stats = {"prompts": 0, "outputs": 0, "iou_kept": 0, "stability_kept": 0, "edge_kept": 0}
         crops = [amg.generate_crop_boxes(a.shape[:2], self.crop_n_layers, self.crop_overlap_ratio) for a in arrs]
         jobs = [(i, cb, layer) for i, (boxes, layers) in enumerate(crops) for cb, layer in zip(boxes, layers)]

@@ -78,6 +78,22 @@ def as_rgb_uint8(image, image_format: str = "RGB") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def as_rgb_uint8_list(images, image_format: str = "RGB") -> list[np.ndarray]:
+    """A list or tuple of what `as_rgb_uint8` takes -> HxWx3 uint8 RGB arrays; an error names the
+    image it is about (`images[i]: ...`)."""
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(
+            f"images must be a list or tuple of images, got {type(images).__name__} (for one image pass [image])"
+        )
+    arrs = []
+    for i, image in enumerate(images):
+        try:
+            arrs.append(as_rgb_uint8(image, image_format))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"images[{i}]: {e}") from None
+    return arrs
+
+
 class SamPredictor:
     def __init__(self, sam_model: Sam) -> None:
         self.model = sam_model
@@ -109,19 +125,9 @@ class SamPredictor:
         or `predict_torch(..., image_index=i)`. Replaces any image set before."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(
-                f"images must be a list or tuple of images, got {type(images).__name__} "
-                f"(for one image use set_image, or pass [image])"
-            )
-        if len(images) == 0:
+        arrs = as_rgb_uint8_list(images, image_format)
+        if not arrs:
             raise ValueError("images is empty: give at least one image")
-        arrs = []
-        for i, image in enumerate(images):
-            try:
-                arrs.append(as_rgb_uint8(image, image_format))
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"images[{i}]: {e}") from None
         self._encode(arrs)
 
     def _encode(self, arrs: list[np.ndarray]) -> None:
