@@ -15,6 +15,8 @@ GMACs come from `FlopCounterMode` on the meta device (GMACs = FLOPs / 2), cross-
 (SDPA handle registered). `--reference` times the official `segment_anything` model with the same
 weights in the same process (SAM models only; EfficientSAM has no official package installed).
 
+`esam-bench --amg ...` times the automatic mask generator instead (`benchmarks/amg_bench.py`).
+
 `--hq` adds, right after each model's row, its HQ-SAM variant `<model>+hq` (`efficient_sam.hq.build_hq_model`:
 the base plus the HQ token, its MLP and the fusion convs), timed the same way on the HQ path:
 `encoder` = `encode_image_hq` (encoder + the once-per-image global-local fusion), the decoders take
@@ -242,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--amg" in argv:  # the mask generator benchmark has its own options
+        from . import amg_bench
+
+        argv.remove("--amg")
+        return amg_bench.main(argv)
     args = build_parser().parse_args(argv)
     from tqdm.auto import tqdm
 
@@ -312,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     report = {
-        "command": "esam-bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": "esam-bench " + " ".join(shlex.quote(a) for a in argv),
         "machine": machine_info(device),
         "args": {k: v for k, v in vars(args).items() if k != "overrides"} | {"overrides": overrides},
         "results": results,

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import transforms
+
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
     """(n*n, 2) XY points in [0, 1]^2 at the cell centres of an n x n grid, row by row."""
@@ -57,6 +59,29 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
     inter = (logits > (mask_threshold + offset)).sum((-1, -2), dtype=torch.int32)
     union = (logits > (mask_threshold - offset)).sum((-1, -2), dtype=torch.int32)
     return inter / union
+
+
+def low_res_image_region(low_res: torch.Tensor, size: tuple[int, int], cfg) -> torch.Tensor:
+    """(..., L, L) low-res logits of an image of `size` (h, w) -> the part of them covering the image
+    (SAM pads the resized image at the bottom / right; EfficientSAM stretches it over the whole input)."""
+    if cfg.resize == "stretch":
+        return low_res
+    in_h, in_w = transforms.input_size(size, cfg)
+    s, n = cfg.image_encoder.img_size, low_res.shape[-1]
+    return low_res[..., : math.ceil(in_h * n / s), : math.ceil(in_w * n / s)]
+
+
+def upscale_once(low_res: torch.Tensor, size: tuple[int, int], cfg) -> torch.Tensor:
+    """(N, L, L) logits -> (N, h, w) at the image's `size` with one interpolation: the fast mode's stand-in
+    for `transforms.postprocess_masks` (SAM: upsampling to the input frame, cropping, then resizing), the
+    same geometry up to rounding of the scaled size."""
+    if cfg.resize == "stretch":
+        return transforms.postprocess_masks(low_res[None], size, cfg)[0]
+    (h, w), s = size, cfg.image_encoder.img_size
+    in_h, in_w = transforms.input_size(size, cfg)
+    full = (max(h, round(h * s / in_h)), max(w, round(w * s / in_w)))  # the whole S x S input, at image scale
+    out = torch.nn.functional.interpolate(low_res[None], full, mode="bilinear", align_corners=False)[0]
+    return out[..., :h, :w]
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -373,3 +373,38 @@ def test_generate_batch_matches_official_per_image(models, dogs):
         gen.generate_batch(dogs)
     with pytest.raises(ValueError, match="crops_per_batch"):
         gen.generate_batch([dogs], crops_per_batch=0)
+
+
+def test_fast_mode_agrees_with_exact(models, dogs):
+    """`fast=True` (bf16 autocast, stability on low-res logits, one upsampling): not the exact records,
+    but nearly the same masks (matched one to one by IoU)."""
+    from efficient_sam.evaluation.everything import agreement
+
+    kw = dict(points_per_side=8, box_nms_thresh=1.0, **LOW)
+    exact = es.SamAutomaticMaskGenerator(models[1], **kw).generate(dogs)
+    fast_gen = es.SamAutomaticMaskGenerator(models[1], fast=True, **kw)
+    fast = fast_gen.generate(dogs)
+    assert len(exact) >= 30, len(exact)
+    assert [r["predicted_iou"] for r in fast] != [r["predicted_iou"] for r in exact]  # bf16 did run
+    ag = agreement([exact], [fast])
+    assert ag["matched_miou"] > 0.95 and ag["recall"] > 0.9 and ag["precision"] > 0.9, ag
+    assert fast_gen._autocast() is not None and not es.SamAutomaticMaskGenerator(models[1], **kw).fast
+
+
+@pytest.mark.parametrize("size", [(300, 517), (517, 300), (256, 256), (37, 1000)])
+def test_upscale_once_geometry(size):
+    """The fast mode's single interpolation puts the mask where the exact two-step upsampling does, and
+    the low-res image region covers the image part of the 256 x 256 output."""
+    from efficient_sam import transforms
+
+    cfg = es.get_config("sam_vit_b")
+    g = torch.Generator().manual_seed(0)
+    low = torch.nn.functional.interpolate(torch.randn(3, 1, 16, 16, generator=g), (256, 256), mode="bilinear")[:, 0]
+    exact = transforms.postprocess_masks(low[None], size, cfg)[0]
+    once = amg.upscale_once(low, size, cfg)
+    assert once.shape == exact.shape == (3, *size)
+    assert ((once > 0) == (exact > 0)).float().mean() > 0.995
+    assert (once - exact).abs().mean() < 0.02 * exact.abs().mean()
+    region = amg.low_res_image_region(low, size, cfg)
+    in_h, in_w = transforms.input_size(size, cfg)
+    assert region.shape[-2:] == (-(-in_h * 256 // 1024), -(-in_w * 256 // 1024))

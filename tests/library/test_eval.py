@@ -687,3 +687,25 @@ def test_cli_local_path_model_is_not_a_typo(tmp_path, asset_paths, capsys, monke
     monkeypatch.setattr(es, "from_pretrained", fake)
     code, text = _run(capsys, ["--model", str(tmp_path), "--data", str(asset_paths.grabcut)])
     assert code == f"esam-eval: --model {tmp_path}: {tmp_path}: no config.json"
+
+
+def test_everything_agreement_matches_by_hand():
+    """One-to-one greedy matching of two generators' masks, on hand-made masks."""
+    from efficient_sam.evaluation.everything import agreement, match_masks
+
+    m = np.zeros((4, 10, 10), bool)
+    m[0, :5, :5] = True  # 25 px
+    m[1, 5:, 5:] = True
+    m[2, :5, :4] = True  # 20 px inside m[0]: IoU 0.8 with it
+    m[3, 0, 0] = True
+    a, b = torch.as_tensor(m[[0, 1]]), torch.as_tensor(m[[2, 0, 3]])
+    # m[0] takes its exact copy (IoU 1) first, so m[2] stays unmatched; m[1] overlaps nothing
+    assert match_masks(a, b) == [(0, 1, 1.0)]
+    assert match_masks(torch.as_tensor(m[[2]]), torch.as_tensor(m[[0]])) == [(0, 0, pytest.approx(0.8))]
+    assert match_masks(torch.as_tensor(m[[2]]), torch.as_tensor(m[[0]]), min_iou=0.81) == []
+    recs = lambda idx: [{"segmentation": m[i]} for i in idx]  # noqa: E731
+    ag = agreement([recs([0, 1]), recs([2])], [recs([2, 0, 3]), recs([0])])
+    assert ag["matched_miou"] == pytest.approx(0.9) and ag["recall"] == pytest.approx(2 / 3)
+    assert ag["precision"] == pytest.approx(2 / 4) and ag["count_changed"] == 0.5
+    with pytest.raises(ValueError, match="different sizes"):
+        match_masks(a, torch.zeros(1, 5, 5, dtype=torch.bool))
