@@ -1,5 +1,11 @@
-"""Agreement of two "segment everything" outputs of the same images (e.g. a fast mode against the exact
-mode, or a student's generator against its teacher's): masks matched one to one, greedily by IoU.
+"""Quality of "segment everything" (the automatic mask generator):
+
+- `mask_recall`: AR@100 / AR@1000 of the generator's masks against ground-truth masks, as MobileSAMv2
+  reports it: pycocotools' `COCOeval` (segm) class-agnostic, the masks ranked by predicted IoU, recall
+  averaged over IoU thresholds 0.50:0.05:0.95. Ignore bands are not applied (COCOeval has none).
+- `agreement`: two outputs of the same images (a fast mode against the exact mode, a student's generator
+  against its teacher's), masks matched one to one, greedily by IoU.
+- `evaluate_everything`: both over a dataset's records (`esam-eval --protocol everything`).
 
 The records are those of `SamAutomaticMaskGenerator.generate`, in any output mode.
 """
@@ -8,12 +14,20 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import sys
+import time
+
 import numpy as np
 import torch
 
 from efficient_sam import amg
+from efficient_sam.datasets import DatasetError, mask_to_box
 
-__all__ = ["record_masks", "mask_iou_matrix", "match_masks", "agreement"]
+from .loop import _hw, _load
+
+__all__ = ["record_masks", "mask_iou_matrix", "match_masks", "agreement", "mask_recall", "evaluate_everything"]
+
+MAX_DETS = (100, 1000)
 
 
 def record_masks(records: Sequence[dict[str, Any]]) -> torch.Tensor:
@@ -87,3 +101,86 @@ def agreement(
         "n_images": len(rows),
         "per_image": rows,
     }
+
+
+def _coco_rle(mask: np.ndarray) -> dict:
+    rle = amg._pycocotools_mask().encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def mask_recall(
+    records: Sequence[Sequence[dict]], gt_masks: Sequence[Sequence[np.ndarray]], max_dets: Sequence[int] = MAX_DETS
+) -> dict[str, float]:
+    """Generator records and (H, W) bool ground-truth masks per image -> {"AR@<m>": recall} for each m in
+    `max_dets`: COCOeval segm, class-agnostic, masks scored by their predicted IoU."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, anns, dets = [], [], []
+    for i, (recs, gts) in enumerate(zip(records, gt_masks)):
+        h, w = gts[0].shape if len(gts) else record_masks(recs).shape[1:]
+        images.append({"id": i, "height": int(h), "width": int(w)})
+        for m in gts:
+            x0, y0, x1, y1 = mask_to_box(m)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "segmentation": _coco_rle(m),
+                         "area": float(m.sum()), "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0})
+        for r, m in zip(recs, record_masks(recs).numpy()):
+            dets.append({"image_id": i, "category_id": 1, "segmentation": _coco_rle(m), "score": float(r["predicted_iou"])})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
+    gt.createIndex()
+    if not dets:
+        return {f"AR@{m}": 0.0 for m in max_dets}
+    ev = COCOeval(gt, gt.loadRes(dets), "segm")
+    ev.params.useCats = 0
+    ev.params.maxDets = sorted(int(m) for m in max_dets)
+    ev.evaluate()
+    ev.accumulate()
+    recall = ev.eval["recall"]  # (T, K=1, A, M); area index 0 = all
+    out = {}
+    for k, m in enumerate(ev.params.maxDets):
+        r = recall[:, :, 0, k]
+        out[f"AR@{m}"] = float(r[r > -1].mean()) if (r > -1).any() else float("nan")
+    return out
+
+
+def evaluate_everything(generator, records, max_dets: Sequence[int] = MAX_DETS, against=None,
+                        progress: bool = False) -> dict[str, Any]:
+    """Run `generator` (a `SamAutomaticMaskGenerator`) on every image of `records` -> mask recall
+    (`mask_recall`) against the images' object masks, and with `against` (another generator) the
+    `agreement` of ours to its output (`against` as the reference)."""
+    t0 = time.perf_counter()
+    ours, theirs, gts, skipped = [], [], [], []
+    it = records
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(records, desc="esam-eval everything", unit="img", file=sys.stderr)
+    for rec in it:
+        image = _load(rec.image, f"image {rec.path}")
+        masks = []
+        for obj in rec.objects:
+            where = obj.meta.get("mask_file") or f"the mask of object {obj.object_id} of {rec.path}"
+            m = np.asarray(_load(obj.mask, where), bool)
+            if m.shape != image.shape[:2]:
+                raise DatasetError(f"{where}: mask is {_hw(m.shape)} (HxW), its image {rec.path} {_hw(image.shape[:2])}")
+            if not m.any():
+                skipped.append({"image_id": rec.image_id, "object_id": obj.object_id, "reason": "empty mask"})
+                continue
+            masks.append(m)
+        gts.append(masks)
+        ours.append(generator.generate(image))
+        if against is not None:
+            theirs.append(against.generate(image))
+    out = {
+        **mask_recall(ours, gts, max_dets),
+        "n": sum(len(g) for g in gts), "n_images": len(gts),
+        "masks_per_image": float(np.mean([len(r) for r in ours])) if ours else float("nan"),
+        "recall_rule": "COCOeval segm, class-agnostic, masks ranked by predicted IoU, IoU 0.50:0.05:0.95, no ignore bands",
+        "skipped": skipped, "seconds": time.perf_counter() - t0,
+        "per_image": [{"image_id": r.image_id, "objects": len(g), "masks": len(o)} for r, g, o in zip(records, gts, ours)],
+    }
+    if against is not None:
+        out["agreement"] = agreement(theirs, ours)
+    return out

@@ -33,19 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder (created)")
     p.add_argument("--convert-to-rle", action="store_true", help="one COCO-RLE JSON per image instead of PNGs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g = p.add_argument_group("generator options (official names and defaults)")
-    g.add_argument("--points-per-side", type=int, default=32)
-    g.add_argument("--points-per-batch", type=int, default=64)
-    g.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    g.add_argument("--stability-score-thresh", type=float, default=0.95)
-    g.add_argument("--stability-score-offset", type=float, default=1.0)
-    g.add_argument("--box-nms-thresh", type=float, default=0.7)
-    g.add_argument("--crop-n-layers", type=int, default=0)
-    g.add_argument("--crop-nms-thresh", type=float, default=0.7)
-    g.add_argument("--crop-overlap-ratio", type=float, default=512 / 1500)
-    g.add_argument("--crop-n-points-downscale-factor", type=int, default=1)
-    g.add_argument("--min-mask-region-area", type=int, default=0)
+    add_generator_arguments(p)
     return p
+
+
+GENERATOR_OPTIONS = {  # name: (type, official default)
+    "points_per_side": (int, 32), "points_per_batch": (int, 64), "pred_iou_thresh": (float, 0.88),
+    "stability_score_thresh": (float, 0.95), "stability_score_offset": (float, 1.0), "box_nms_thresh": (float, 0.7),
+    "crop_n_layers": (int, 0), "crop_nms_thresh": (float, 0.7), "crop_overlap_ratio": (float, 512 / 1500),
+    "crop_n_points_downscale_factor": (int, 1), "min_mask_region_area": (int, 0),
+}
+
+
+def add_generator_arguments(p: argparse.ArgumentParser) -> None:
+    """The `SamAutomaticMaskGenerator` options (official names and defaults) and `--fast`."""
+    g = p.add_argument_group("generator options (official names and defaults)")
+    for name, (typ, default) in GENERATOR_OPTIONS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=typ, default=default)
+    g.add_argument("--fast", action="store_true",
+                   help="the generator's opt-in fast mode (bf16 autocast, stability on low-res logits): not exact")
+
+
+def generator_kwargs(args: argparse.Namespace) -> dict:
+    """The parsed generator options -> `SamAutomaticMaskGenerator` keyword arguments."""
+    return {name: getattr(args, name) for name in GENERATOR_OPTIONS} | {"fast": args.fast}
 
 
 def find_images(path: Path) -> list[Path]:
@@ -115,19 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     model = es.build_model(args.model, checkpoint=args.checkpoint, device=args.device).eval()
     try:
         generator = es.SamAutomaticMaskGenerator(
-            model,
-            points_per_side=args.points_per_side,
-            points_per_batch=args.points_per_batch,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
-            stability_score_offset=args.stability_score_offset,
-            box_nms_thresh=args.box_nms_thresh,
-            crop_n_layers=args.crop_n_layers,
-            crop_nms_thresh=args.crop_nms_thresh,
-            crop_overlap_ratio=args.crop_overlap_ratio,
-            crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
-            min_mask_region_area=args.min_mask_region_area,
-            output_mode="coco_rle" if args.convert_to_rle else "binary_mask",
+            model, output_mode="coco_rle" if args.convert_to_rle else "binary_mask", **generator_kwargs(args)
         )
     except (ValueError, ImportError) as e:
         parser.error(str(e))

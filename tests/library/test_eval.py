@@ -709,3 +709,63 @@ def test_everything_agreement_matches_by_hand():
     assert ag["precision"] == pytest.approx(2 / 4) and ag["count_changed"] == 0.5
     with pytest.raises(ValueError, match="different sizes"):
         match_masks(a, torch.zeros(1, 5, 5, dtype=torch.bool))
+
+
+def test_everything_mask_recall_against_direct_iou(records):
+    """AR@N (COCOeval, class-agnostic) on real GrabCut masks: the ground truth as the output gives 1; one
+    filled box per image gives the mean over images and IoU thresholds 0.50:0.05:0.95 of [IoU >= t],
+    computed here directly; no output gives 0."""
+    from efficient_sam.datasets import mask_to_box
+    from efficient_sam.evaluation.everything import mask_recall
+
+    recs = records[:4]
+    gts = [[r.objects[0].mask()] for r in recs]
+    as_records = lambda masks, score=0.9: [{"segmentation": m, "predicted_iou": score} for m in masks]  # noqa: E731
+    assert mask_recall([as_records(g) for g in gts], gts) == {"AR@100": 1.0, "AR@1000": 1.0}
+    boxes, expect = [], []
+    for (g,) in gts:
+        x0, y0, x1, y1 = mask_to_box(g)
+        b = np.zeros_like(g)
+        b[y0:y1, x0:x1] = True
+        boxes.append([b])
+        iou = (b & g).sum() / (b | g).sum()
+        expect.append(np.mean([iou >= t for t in np.linspace(0.5, 0.95, 10)]))
+    got = mask_recall([as_records(b) for b in boxes], gts, max_dets=(1, 100))
+    assert got["AR@1"] == got["AR@100"] == pytest.approx(float(np.mean(expect)), abs=1e-9)
+    assert 0 < got["AR@1"] < 1
+    # a second, lower-ranked wrong mask per image: AR@1 ranks by score, so it does not change
+    noise = [as_records(b, 0.9) + as_records([~g[0]], 0.1) for b, g in zip(boxes, gts)]
+    assert mask_recall(noise, gts, max_dets=(1,))["AR@1"] == pytest.approx(got["AR@1"])
+    assert mask_recall([[] for _ in gts], gts) == {"AR@100": 0.0, "AR@1000": 0.0}
+
+
+def test_cli_protocol_everything(tmp_path, asset_paths, capsys, records):
+    """`esam-eval --protocol everything` on bundled GrabCut images with a tiny random SAM: recall, the
+    agreement with another (randomly initialised) model, and with itself through the library (all masks
+    matched, IoU 1); options of other protocols rejected."""
+    from efficient_sam.evaluation.everything import evaluate_everything
+    from benchmarks import evaluate as ev
+
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    out = tmp_path / "e.json"
+    argv = ["--protocol", "everything", "--model", "sam_vit_b", *sets, "--data", str(asset_paths.grabcut),
+            "--limit", "2", "--points-per-side", "6", "--pred-iou-thresh", "-10", "--stability-score-thresh", "0",
+            "--box-nms-thresh", "1.0", "--against", "sam_vit_b", "--json", str(out), "--no-progress"]
+    assert ev.main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["protocol"] == "everything" and res["n"] == 2 and res["n_images"] == 2
+    assert 0 <= res["AR@100"] <= res["AR@1000"] <= 1 and res["masks_per_image"] >= 30
+    ag = res["agreement"]
+    assert ag["n_images"] == 2 and 0 <= ag["recall"] <= 1 and ag["per_image"][0]["n_reference"] >= 30
+    assert res["generator"]["points_per_side"] == 6 and res["against"] == "sam_vit_b"
+    gen = es.SamAutomaticMaskGenerator(es.build_model("sam_vit_b", **TINY).eval(), points_per_side=4,
+                                       pred_iou_thresh=-10, stability_score_thresh=0, box_nms_thresh=1.0)
+    self_ag = evaluate_everything(gen, records[:1], against=gen)["agreement"]
+    assert self_ag["matched_miou"] == pytest.approx(1.0) and self_ag["recall"] == 1.0 and self_ag["count_changed"] == 0
+    capsys.readouterr()
+    for bad, msg in ((["--fast"], "belong to --protocol everything"), (["--protocol", "clicks", "--against", "x"], "belong")):
+        with pytest.raises(SystemExit):
+            ev.main(["--model", "oracle:gt", "--data", str(asset_paths.grabcut), *bad])
+        assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="mask generator"):
+        ev.main(["--protocol", "everything", "--model", "oracle:gt", "--data", str(asset_paths.grabcut), "--no-progress"])
