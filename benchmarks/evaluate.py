@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 import efficient_sam as es
-from benchmarks import eval_clicks
+from benchmarks import eval_clicks, eval_coco
 from efficient_sam.config import parse_override
 from efficient_sam.datasets import DatasetError, detect_layout, open_dataset
 from efficient_sam.datasets.interactive import INTERACTIVE_LAYOUTS, detect_interactive_layout, open_interactive_dataset
@@ -45,7 +46,7 @@ from efficient_sam.evaluation import (  # noqa: F401 - re-exported for older imp
 )
 
 
-PROTOCOLS = ("prompts", "clicks", "everything")
+PROTOCOLS = ("prompts", "clicks", "everything", "coco")
 LAYOUTS = ("auto", "masks", "coco", "sa1b", *INTERACTIVE_LAYOUTS, "grabcut", "berkeley")
 
 
@@ -88,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=PROTOCOLS, default="prompts",
                    help="prompts: one box / point prompt per object (default); clicks: the interactive-click "
                         "protocol (NoC@85/90/95); everything: the automatic mask generator's mask recall "
-                        "(AR@100/1000) and, with --against, its agreement with another model's generator")
+                        "(AR@100/1000) and, with --against, its agreement with another model's generator; coco: GT-box / "
+                        "1-point mIoU by object size on a COCO / LVIS JSON (--data), or with --detections zero-shot "
+                        "instance AP and Boundary AP")
     p.add_argument("--prompt", choices=PROMPTS, default="box")
     p.add_argument("--hq", action="store_true",
                    help="HQ models: score the HQ output alone (hq_token_only, HQ-SAM's validation); default SAM + HQ")
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--against-checkpoint", default=None)
     g.add_argument("--max-dets", type=_int_at_least(1), nargs="+", default=[100, 1000], help="AR@N (default 100 1000)")
     add_generator_arguments(p)
+    eval_coco.add_arguments(p)
     return p
 
 
@@ -165,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    if args.protocol == "coco":
+        return _main_coco(args)
     records, layout = _open(args)
     run = {"prompts": _run_prompts, "clicks": _run_clicks, "everything": _run_everything}[args.protocol]
     try:
@@ -191,6 +197,26 @@ def main(argv: list[str] | None = None) -> int:
         where = f"listed under \"skipped\" in {args.json}" if args.json else "--json FILE lists them"
         print(f"esam-eval: skipped {len(skipped)} of {n_objects} objects ({_skip_summary(skipped)}); {where}",
               file=sys.stderr)
+    return 0
+
+
+def _main_coco(args) -> int:
+    """COCO / LVIS: its own data path (pycocotools' index); under `accelerate launch` every process
+    evaluates its share, and the main process writes the merged results."""
+    device = args.device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.device(device).type == "cuda":
+        from accelerate import PartialState
+
+        device = str(PartialState().device)
+    torch.manual_seed(args.seed)  # random-weight models: the same on every process
+    model = load_model(args.model, args.checkpoint, dict(args.overrides), device, args.dtype, args.hq)
+    res = {"model": args.model, "checkpoint": args.checkpoint, **eval_coco.run(args, model)}
+    if not eval_coco.is_main_process():
+        return 0
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("per_item", "skipped")}, indent=2))
     return 0
 
 
