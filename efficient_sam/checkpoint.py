@@ -1,8 +1,8 @@
 """Reading official checkpoint files, converting their key layouts to ours, strict loading.
 
 Our key layout is the official SAM one (`segment_anything` state dicts load unchanged).
-EfficientSAM files (`{"model": state_dict}`), transformers `SamModel` files (`facebook/sam-vit-*`)
-and timm `samvit_*` image encoders are renamed on load (`detect_format` tells them apart by their
+EfficientSAM files (`{"model": state_dict}`), transformers `SamModel` / `SamHQModel` files
+(`facebook/sam-vit-*`, `syscv-community/sam-hq-vit-*`) and timm `samvit_*` image encoders are renamed on load (`detect_format` tells them apart by their
 keys). Files are read with `torch.load(weights_only=True)` or safetensors: no pickled code is ever
 executed. Hub repos, directories and architecture inference: `efficient_sam.hub`.
 """
@@ -90,6 +90,8 @@ KNOWN_FORMATS: dict[str, str] = {
     "hq_sam": "HQ-SAM checkpoint (.pth; SAM keys + mask_decoder.hf_token/hf_mlp/compress_vit_feat/...)",
     "transformers": "Hugging Face transformers SamModel (facebook/sam-vit-*; vision_encoder.*, "
     "prompt_encoder.shared_embedding.*, mask_decoder.upscale_conv1.*)",
+    "transformers_hq": "Hugging Face transformers SamHQModel (syscv-community/sam-hq-vit-*; SamModel keys + "
+    "mask_decoder.hq_token/hq_mask_mlp/compress_vit_conv1/...)",
     "timm_samvit": "timm samvit_* image encoder (timm/samvit_*_patch16.sa1b; blocks.*.mlp.fc1, neck.*, "
     "no image_encoder. prefix)",
     "image_encoder": "our image encoder alone (ImageEncoderViT.save_pretrained; blocks.*.mlp.lin1, neck.*)",
@@ -108,7 +110,7 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
     if any(k.startswith("vision_encoder.") for k in keys) or any(
         k.startswith(("prompt_encoder.shared_embedding.", "mask_decoder.upscale_conv1.")) for k in keys
     ):
-        return "transformers"
+        return "transformers_hq" if "mask_decoder.hq_token.weight" in keys else "transformers"
     if any(k.startswith(("image_encoder.", "prompt_encoder.", "mask_decoder.")) for k in keys):
         return "sam"
     if any(k.startswith("blocks.") for k in keys) and "neck.0.weight" in keys:
@@ -120,6 +122,12 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 # ---- Hugging Face transformers `SamModel` <-> ours (= official SAM), after convert_sam_to_hf.py ----
+# HQ fusion blocks (ours = official HQ-SAM: Sequential indices 0 / 1 / 3) -> transformers SamHQModel names.
+_HQ_FUSION = {
+    "compress_vit_feat": ("compress_vit_conv1", "compress_vit_norm", "compress_vit_conv2"),
+    "embedding_encoder": ("encoder_conv1", "encoder_norm", "encoder_conv2"),
+    "embedding_maskfeature": ("mask_conv1", "mask_norm", "mask_conv2"),
+}
 # Ours -> transformers, applied in order to every key (substring rules as in the transformers script,
 # then the hypernetwork-MLP indices). Inverse below.
 _TO_TRANSFORMERS = [
@@ -147,6 +155,13 @@ _TO_TRANSFORMERS = [
     (r"patch_embed\.proj\.", "patch_embed.projection."),
     (r"\.norm", ".layer_norm"),  # norm1/norm2 (encoder, two-way layers), norm_final_attn
     (r"^vision_encoder\.blocks\.", "vision_encoder.layers."),
+    # HQ-SAM adapter (transformers SamHQModel, after convert_samhq_to_hf.py)
+    (r"^mask_decoder\.hf_token\.", "mask_decoder.hq_token."),
+    (r"^mask_decoder\.hf_mlp\.layers\.0\.", "mask_decoder.hq_mask_mlp.proj_in."),
+    (r"^mask_decoder\.hf_mlp\.layers\.1\.", "mask_decoder.hq_mask_mlp.layers.0."),
+    (r"^mask_decoder\.hf_mlp\.layers\.2\.", "mask_decoder.hq_mask_mlp.proj_out."),
+    *[(rf"^mask_decoder\.{ours}\.{i}\.", f"mask_decoder.{theirs}.")
+      for ours, names in _HQ_FUSION.items() for i, theirs in zip((0, 1, 3), names)],
 ]
 _FROM_TRANSFORMERS = [
     (r"iou_prediction_head\.layers\.0\.", "iou_prediction_head.layers.1."),
@@ -173,6 +188,12 @@ _FROM_TRANSFORMERS = [
     (r"\.neck\.layer_norm2\.", ".neck.3."),
     (r"patch_embed\.projection\.", "patch_embed.proj."),
     (r"\.layer_norm", ".norm"),
+    (r"^mask_decoder\.hq_token\.", "mask_decoder.hf_token."),
+    (r"^mask_decoder\.hq_mask_mlp\.layers\.0\.", "mask_decoder.hf_mlp.layers.1."),
+    (r"^mask_decoder\.hq_mask_mlp\.proj_in\.", "mask_decoder.hf_mlp.layers.0."),
+    (r"^mask_decoder\.hq_mask_mlp\.proj_out\.", "mask_decoder.hf_mlp.layers.2."),
+    *[(rf"^mask_decoder\.{theirs}\.", f"mask_decoder.{ours}.{i}.")
+      for ours, names in _HQ_FUSION.items() for i, theirs in zip((0, 1, 3), names)],
 ]
 # transformers keeps the prompt encoder's Fourier matrix twice (tied): this top-level copy is dropped.
 TRANSFORMERS_SHARED_PE = "shared_image_embedding.positional_embedding"
@@ -180,7 +201,9 @@ _OUR_PE = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
 
 
 def to_transformers_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our (official SAM) keys -> transformers `SamModel` keys, incl. the duplicated shared embedding."""
+    """Our (official SAM / HQ-SAM) keys -> transformers `SamModel` (`SamHQModel`) keys, incl. the duplicated
+    shared embedding (a model.safetensors for transformers keeps only `TRANSFORMERS_SHARED_PE`, as
+    transformers' own `save_pretrained` does: safetensors stores no tensor twice)."""
     out = _rename(state_dict, _TO_TRANSFORMERS)
     if _OUR_PE in state_dict:
         out[TRANSFORMERS_SHARED_PE] = state_dict[_OUR_PE]
@@ -188,7 +211,7 @@ def to_transformers_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def from_transformers_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers `SamModel` keys -> ours. The tied `shared_image_embedding` copy is dropped (it
+    """transformers `SamModel` / `SamHQModel` keys -> ours (HQ: the official HQ-SAM adapter names). The tied `shared_image_embedding` copy is dropped (it
     stands in for the prompt encoder's matrix when a file only kept that copy)."""
     sd = dict(state_dict)
     shared = sd.pop(TRANSFORMERS_SHARED_PE, None)
@@ -252,9 +275,10 @@ def to_our_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         return from_efficient_sam_layout(state_dict)
     if fmt == "transformers":
         return from_transformers_layout(state_dict)
-    if fmt == "hq_sam":
+    if fmt in ("hq_sam", "transformers_hq"):
         raise CheckpointError(
-            "this is an HQ-SAM checkpoint (it has mask_decoder.hf_token); load it with "
+            f"this is an HQ-SAM checkpoint ({fmt} layout: it has mask_decoder.{'hf' if fmt == 'hq_sam' else 'hq'}_token); "
+            "load it with "
             "efficient_sam.from_pretrained(...) or efficient_sam.build_hq_model(..., checkpoint=...) instead of a "
             "plain SAM model"
         )

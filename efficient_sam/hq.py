@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError, load_strict, read_state_dict
+from .checkpoint import CheckpointError, detect_format, from_transformers_layout, load_strict, read_state_dict
 from .config import SamConfig, apply_overrides
 from .hub import from_pretrained
 from .modeling.mask_decoder import MaskDecoder
@@ -74,6 +74,8 @@ def _load_base(model: Sam, base: str | SamConfig, base_checkpoint, overrides: di
 def _load_hq_checkpoint(model: Sam, checkpoint, has_base: bool) -> None:
     """An adapter-only file (on a loaded base) or a whole HQ model (official `.pth` or our merged file)."""
     sd = load_file(str(checkpoint)) if str(checkpoint).endswith(".safetensors") else read_state_dict(checkpoint)
+    if detect_format(sd) == "transformers_hq":  # a transformers SamHQModel file: the official HQ-SAM names
+        sd = from_transformers_layout(sd)
     if sd and all(is_adapter_key(k) for k in sd):
         if not has_base:
             raise CheckpointError(
@@ -101,7 +103,8 @@ def build_hq_model(
     """An HQ model on `base` (a registered name such as `sam_vit_l` or `efficient_sam_vitt`, or a
     config), in eval mode, every load strict.
 
-    checkpoint: an official `sam_hq_vit_*.pth` (SAM keys + the 25 adapter keys), a merged file of ours,
+    checkpoint: an official `sam_hq_vit_*.pth` (SAM keys + the 25 adapter keys), a transformers `SamHQModel`
+    model.safetensors, a merged file of ours,
     or an adapter-only file / folder (`adapter.safetensors` [+ `adapter.json` naming the base]).
     base_checkpoint: any `from_pretrained` source of the base model (needed with an adapter-only
     checkpoint unless its `adapter.json` names one). With `freeze_base` only the adapter trains.

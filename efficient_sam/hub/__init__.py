@@ -9,10 +9,12 @@ Sources (`name_or_path`):
   `model.safetensors` is used, else `pytorch_model.bin`, with its `config.json` when that is ours.
 
 Formats are recognised from the keys (`checkpoint.KNOWN_FORMATS`): ours / official SAM `.pth`,
-EfficientSAM `{"model": sd}` `.pt`, HQ-SAM `.pth`, transformers `SamModel` (`facebook/sam-vit-*`),
-timm `samvit_*` (image encoder only). The architecture comes from our config.json when there is one
-(`model=NAME` must then describe the same architecture, else CheckpointError listing the fields that
-differ), else from `model=NAME`, else it is inferred from the shapes (image-encoder width and
+EfficientSAM `{"model": sd}` `.pt`, HQ-SAM `.pth`, transformers `SamModel` (`facebook/sam-vit-*`) and
+`SamHQModel` (`syscv-community/sam-hq-vit-*`; `SamVisionModel`: image encoder only), timm `samvit_*`
+(image encoder only). The architecture comes from our config.json when there is one (`model=NAME` must
+then describe the same architecture, else CheckpointError listing the fields that differ), else from
+`model=NAME`, else from a transformers config.json beside the weights (`hub.interop`), else it is
+inferred from the shapes (image-encoder width and
 position-embedding layout); flat overrides (`encoder_depth=2`, ...) adjust it, and the result is
 validated (`SamConfig.validate`). Loading is strict, and tensors holding NaN / inf are refused. Files are
 read with `torch.load(weights_only=True)` or safetensors, never by unpickling code. Without a network a
@@ -70,8 +72,8 @@ def from_pretrained(
         config.json it must agree with it (after `overrides`), else CheckpointError.
     overrides: flat config overrides (`encoder_depth=2`, `encoder_embed_dim=64`, ...), e.g. for small
         test models or files whose architecture is not a registered one.
-    Returns `Sam` (an HQ model, `model.is_hq`, for HQ-SAM files) or `ImageEncoderViT` (timm `samvit_*`
-    files and saved encoders).
+    Returns `Sam` (an HQ model, `model.is_hq`, for HQ-SAM and transformers SamHQModel files) or
+    `ImageEncoderViT` (timm `samvit_*` files, transformers SamVisionModel files and saved encoders).
     """
     net, _ = load_with_info(
         name_or_path,

@@ -1,4 +1,9 @@
-"""Format dispatch: a state dict of any known layout (+ the source's config) -> the model it holds, loaded strictly."""
+"""Format dispatch: a state dict of any known layout (+ the source's config) -> the model it holds, loaded strictly.
+
+transformers files (`SamModel`, `SamHQModel`, `SamVisionModel`) take their architecture from transformers'
+config.json beside them when neither `model=` nor our config.json gives one (`interop`). Our model computes
+SAM's two-way LayerNorms with eps 1e-5 (the official value); transformers' default
+`mask_decoder_config.layer_norm_eps` is 1e-6 (measured: up to 2e-4 relative in IoU, 7e-5 in logits)."""
 
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ from ..modeling.image_encoder import ImageEncoderViT
 from ..modeling.mask_decoder_hq import freeze_all_but_adapter
 from ..modeling.sam import Sam
 from ..registry import config_name, get_config, infer_model_name, with_hq
+from .interop import (
+    encoder_config_from_transformers,
+    is_transformers_config,
+    sam_config_from_transformers,
+    transformers_early_block,
+)
 from .resolve import Source
 
 
@@ -158,13 +169,18 @@ def build_and_load(
         net = ImageEncoderViT(enc_cfg)
         _load_strict(net, enc_sd, src.label, fmt, model, overrides, prefix="")
         return net, fmt, arch
-    if fmt in ("sam", "efficient_sam", "transformers"):
-        if fmt == "efficient_sam":
-            ours = from_efficient_sam_layout(sd)
-        elif fmt == "transformers":
-            ours = from_transformers_layout(sd)
-        else:
-            ours = sd
+    if fmt == "transformers" and not any(k.startswith(("prompt_encoder.", "mask_decoder.")) for k in sd):
+        return _transformers_encoder(sd, src, model, overrides)
+    if fmt in ("transformers", "transformers_hq"):
+        hq = fmt == "transformers_hq"
+        cfg, arch = _transformers_sam_config(sd, src, model, overrides, hq)
+        net = Sam(cfg)
+        _load_strict(net, from_transformers_layout(sd), src.label, fmt, model, overrides)
+        if hq:  # as an official HQ-SAM file: only the adapter trains
+            freeze_all_but_adapter(net)
+        return net, fmt, arch
+    if fmt in ("sam", "efficient_sam"):
+        ours = from_efficient_sam_layout(sd) if fmt == "efficient_sam" else sd
         cfg, arch = _sam_config(src, model, overrides)
         if cfg is None:
             name = infer_model_name(ours)
@@ -178,6 +194,60 @@ def build_and_load(
     raise CheckpointError(
         f"{src.label}: unknown checkpoint format (keys: {shown}). Known formats:\n{known}"
     )
+
+
+def _transformers_encoder(
+    sd: Mapping[str, torch.Tensor], src: Source, model: str | None, overrides: dict
+) -> tuple[nn.Module, str, str]:
+    """A transformers `SamVisionModel` file (vision_encoder.* only) -> our ImageEncoderViT."""
+    enc_sd = {k[len("image_encoder."):]: v for k, v in from_transformers_layout(sd).items()}
+    enc_cfg, arch = _encoder_config(src, model, overrides)
+    if enc_cfg is None and isinstance(src.config, Mapping) and src.config.get("model_type") in (
+        "sam_vision_model", "sam_hq_vision_model"
+    ):
+        enc_cfg = encoder_config_from_transformers(src.config, f"{src.label}: config.json")
+        enc_cfg = apply_encoder_overrides(enc_cfg, **overrides) if overrides else enc_cfg
+        arch = "image encoder (transformers config.json)"
+    if enc_cfg is None:
+        name = infer_model_name(enc_sd, prefix="")
+        enc_cfg, arch = get_config(name, **overrides).image_encoder, f"{name} image encoder"
+    net = ImageEncoderViT(enc_cfg)
+    _load_strict(net, enc_sd, src.label, "transformers", model, overrides, prefix="")
+    return net, "transformers", arch
+
+
+def _transformers_sam_config(
+    sd: Mapping[str, torch.Tensor], src: Source, model: str | None, overrides: dict, hq: bool
+) -> tuple[SamConfig, str]:
+    """The architecture of a transformers `SamModel` (`hq` False) / `SamHQModel` file: `model=` (+ overrides),
+    else our config.json, else transformers' config.json beside it, else inferred from the shapes. HQ models
+    fuse the block transformers fuses (the first global-attention block)."""
+    if model is None and is_transformers_config(src.config):
+        cfg = sam_config_from_transformers(src.config, f"{src.label}: config.json")
+        if (cfg.hq is not None) != hq:
+            said = "SamHQModel" if cfg.hq is not None else "SamModel"
+            raise CheckpointError(
+                f"{src.label}: its config.json describes a transformers {said}, but the weights are "
+                f"{'' if hq else 'not '}HQ-SAM's (mask_decoder.hq_token {'present' if hq else 'absent'})"
+            )
+        cfg = apply_overrides(cfg, **overrides) if overrides else cfg
+        name = config_name(dataclasses.replace(cfg, hq=None)) or "custom sam (transformers config.json)"
+        return cfg, f"HQ-SAM on {name}" if hq else name
+    cfg, arch = _sam_config(src, model, overrides)
+    if cfg is None:
+        name = infer_model_name(from_transformers_layout(sd))
+        cfg, arch = get_config(name, **overrides), name
+    if hq and cfg.hq is None:
+        early = transformers_early_block(cfg.image_encoder)
+        if early is None:
+            raise CheckpointError(
+                f"{src.label}: a transformers SamHQModel fuses the output of the first global-attention block, but "
+                f"{arch} has none (encoder_global_attn_indexes is empty); pass the overrides that describe the file"
+            )
+        cfg, arch = with_hq(cfg, early), f"HQ-SAM on {arch}"
+    elif not hq and cfg.hq is not None:
+        raise CheckpointError(f"{src.label}: its config.json describes an HQ model, but the weights have no HQ adapter")
+    return cfg, arch
 
 
 def _load_strict(

@@ -42,6 +42,10 @@ KNOWN_REPOS: dict[str, dict[str, str]] = {
         for size in ("base", "large", "huge")
     },
     **{
+        f"syscv-community/sam-hq-vit-{size}": {WEIGHTS_NAME: f"HQ-SAM on sam_vit_{size[0]} (transformers SamHQModel)"}
+        for size in ("base", "large", "huge")
+    },
+    **{
         f"timm/samvit_{size}_patch16.sa1b": {WEIGHTS_NAME: f"sam_vit_{size[0]} image encoder (timm)",
                                              PT_WEIGHTS_NAME: f"sam_vit_{size[0]} image encoder (timm)"}
         for size in ("base", "large", "huge")
