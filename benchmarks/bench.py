@@ -15,7 +15,8 @@ GMACs come from `FlopCounterMode` on the meta device (GMACs = FLOPs / 2), cross-
 (SDPA handle registered). `--reference` times the official `segment_anything` model with the same
 weights in the same process (SAM models only; EfficientSAM has no official package installed).
 
-`esam-bench --amg ...` times the automatic mask generator instead (`benchmarks/amg_bench.py`).
+`esam-bench --amg ...` times the automatic mask generator instead (`benchmarks/amg_bench.py`), and
+`esam-bench --onnx ...` onnxruntime against torch on the exported models (`benchmarks/onnx_bench.py`).
 
 `--hq` adds, right after each model's row, its HQ-SAM variant `<model>+hq` (`efficient_sam.hq.build_hq_model`:
 the base plus the HQ token, its MLP and the fusion convs), timed the same way on the HQ path:
@@ -250,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
 
         argv.remove("--amg")
         return amg_bench.main(argv)
+    if "--onnx" in argv:  # onnxruntime vs torch, its own options too
+        from . import onnx_bench
+
+        argv.remove("--onnx")
+        return onnx_bench.main(argv)
     args = build_parser().parse_args(argv)
     from tqdm.auto import tqdm
 
