@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..images import as_rgb_uint8
 from . import format as fmt
 
 __all__ = ["OnnxSamPredictor"]
@@ -33,54 +34,6 @@ _EFFICIENT_SAM_USER_LABELS = (-1, 0, 1, 2, 3)
 
 # ---------------------------------------------------------------------------------------------------
 # Images
-
-
-def as_rgb_uint8(image, image_format: str = "RGB") -> np.ndarray:
-    """PIL image or HxW / HxWx1 / HxWx3 / HxWx4 uint8 array -> contiguous HxWx3 uint8 RGB (the checks and
-    messages of `efficient_sam.predictor.as_rgb_uint8`)."""
-    if image_format not in ("RGB", "BGR"):
-        raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-    if isinstance(image, Image.Image):
-        if image.mode in ("I", "F") or image.mode.startswith("I;"):
-            raise TypeError(
-                f"image has PIL mode {image.mode!r} (16-bit, 32-bit or float values), which convert('RGB') "
-                f"clips to 0-255; scale it to 8 bits first, e.g. (np.asarray(img) / 257).round().astype(np.uint8) "
-                f"for a full-range 16-bit image"
-            )
-        try:
-            arr = np.asarray(image.convert("RGB"))
-        except ValueError as e:
-            raise ValueError(f"image: cannot convert PIL mode {image.mode!r} to RGB ({e})") from None
-    else:
-        if hasattr(image, "detach") and hasattr(image, "numpy"):  # a torch tensor, without importing torch
-            image = image.detach().cpu().numpy()
-        if not isinstance(image, np.ndarray):
-            hint = " (open a file with PIL.Image.open first)" if isinstance(image, (str, bytes, os.PathLike)) else ""
-            raise TypeError(f"expected a numpy array or PIL image, got {type(image).__name__}{hint}")
-        if image.dtype != np.uint8:
-            raise TypeError(
-                f"expected a uint8 image (values 0-255), got dtype {image.dtype}; "
-                f"convert first, e.g. (img * 255).round().astype(np.uint8) for a [0, 1] float image"
-            )
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-            chw = image.ndim == 3 and image.shape[0] in (1, 3, 4)
-            raise ValueError(
-                f"expected an HxWx3 RGB image (HxW grayscale and HxWx4 RGBA are converted), got shape {image.shape}"
-                + ("; a CxHxW tensor? permute(1, 2, 0) it first" if chw else "")
-            )
-        if image.shape[2] == 1:
-            arr = np.repeat(image, 3, axis=2)
-        elif image.shape[2] == 4:
-            arr = image[:, :, :3]
-        else:
-            arr = image
-    if image_format == "BGR":
-        arr = arr[:, :, ::-1]
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"image is empty (shape {arr.shape})")
-    return np.ascontiguousarray(arr)
 
 
 def longest_side_size(h: int, w: int, target: int) -> tuple[int, int]:
