@@ -55,3 +55,18 @@ def test_esam_bench_amg_bad_input(tmp_path):
         amg_bench.main(["--models", "sam_vit_b", "--no-exact"])
     with pytest.raises(SystemExit, match=">= 1"):
         amg_bench.main(["--models", "sam_vit_b", "--points-per-side", "0"])
+
+
+def test_same_masks_allows_only_swaps_at_score_ties():
+    """The benchmark's "same masks" check: masks equal at their places, or swapped between two records
+    whose predicted IoUs tie within 1e-4 (NMS may order a float-noise tie either way)."""
+    m = np.zeros((3, 8, 8), bool)
+    m[0, :4], m[1, 4:], m[2, :, :2] = True, True, True
+    rec = lambda i, s: {"segmentation": m[i], "predicted_iou": s}  # noqa: E731
+    official = [[rec(0, 0.5), rec(1, 0.5 + 2e-7), rec(2, 0.1)]]
+    assert amg_bench._same(official, official) == {"same": True, "tie_swaps": 0}
+    swapped = [[rec(1, 0.5 + 2e-7), rec(0, 0.5), rec(2, 0.1)]]
+    assert amg_bench._same(swapped, official) == {"same": True, "tie_swaps": 2}
+    far = [[rec(2, 0.1), rec(1, 0.5 + 2e-7), rec(0, 0.5)]]  # swapped across different scores
+    assert amg_bench._same(far, official)["same"] is False
+    assert amg_bench._same([official[0][:2]], official)["same"] is False
