@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-crowd", action="store_true", help="COCO: evaluate iscrowd annotations too")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the point sampling (>= 0)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0,
+                   help="seed of the point sampling and of a random-weight model's init (>= 0)")
     p.add_argument("--limit", type=_int_at_least(1), default=None, help="evaluate only the first N images (N >= 1)")
     p.add_argument("--max-prompts", type=_int_at_least(1), default=64, help="prompts per decoder call (>= 1)")
     p.add_argument("--dilation-ratio", type=_ratio, default=0.02, help="boundary width / image diagonal, in [0, 1]")
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main_coco(args)
     records, layout = _open(args)
     run = {"prompts": _run_prompts, "clicks": _run_clicks, "everything": _run_everything}[args.protocol]
+    torch.manual_seed(args.seed)  # a random-weight model (no --checkpoint) is the same in every run
     try:
         res = run(args, records)
     except (DatasetError, OSError) as e:
