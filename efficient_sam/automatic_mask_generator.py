@@ -4,8 +4,8 @@ Same arguments, defaults, records and masks as `segment_anything.SamAutomaticMas
 HQ models, `segment_anything_hq`'s, which gets one SAM + HQ mask per point), computed so that the
 work scales with the masks kept rather than with the prompts:
 
-- one encoder call per crop and one decoder call per batch of `points_per_batch` points, everything
-  on the model's device until the final records;
+- one encoder call per crop and one decoder call per batch of `points_per_batch` points (on a CPU,
+  4 prompts per call: see `_decode`), everything on the model's device until the final records;
 - the predicted-IoU filter runs on the decoder's output, before any upsampling (the IoU head does not
   see the masks, so this is exact); only the survivors are upsampled, then the stability score,
   thresholding and boxes run on them in one vectorised pass;
@@ -233,7 +233,7 @@ class SamAutomaticMaskGenerator:
         """One points batch -> low-res logits of the prompts the IoU filter can keep, and all IoU
         predictions. On a CPU the decoder takes `CPU_DECODE_CHUNK` prompts at a time: glibc hands blocks
         over 32 MB back to the OS when freed, so the per-prompt image tokens of a 64-prompt call
-        page-fault afresh in every layer (about 30% of the decoder's time on SAM ViT-B)."""
+        page-fault afresh in every layer (about 25% of decoder + post time on SAM ViT-B)."""
         step = CPU_DECODE_CHUNK if feats.device.type == "cpu" else len(coords)
         lows, ious = [], []
         with self._autocast():
