@@ -18,6 +18,7 @@ import torch
 
 from . import transforms
 from .images import as_rgb_uint8
+from .prompt_checks import check_corner_points, flag, numeric_array
 from .modeling.sam import Sam
 
 SAM_LABELS = (-1, 0, 1)
@@ -143,17 +144,17 @@ class SamPredictor:
             raise ValueError("point_coords and point_labels must be given together")
         coords = labels = boxes = masks = None
         if point_coords is not None:
-            coords = _array(point_coords, "point_coords", (None, 2))[None]
-            labels = _array(point_labels, "point_labels", (None,))[None]
+            coords = numeric_array(point_coords, "point_coords", (None, 2))[None]
+            labels = numeric_array(point_labels, "point_labels", (None,))[None]
         if box is not None:
-            boxes = _array(box, "box", None)
+            boxes = numeric_array(box, "box", None)
             if boxes.shape not in ((4,), (1, 4)):  # (1, 4) as in the official notebook
                 raise ValueError(
                     f"box must have 4 numbers (x0, y0, x1, y1), shape (4,) or (1, 4), got shape {boxes.shape}"
                 )
             boxes = boxes.reshape(1, 4)
         if mask_input is not None:
-            masks = _array(mask_input, "mask_input", (1, None, None))[None]
+            masks = numeric_array(mask_input, "mask_input", (1, None, None))[None]
         out_masks, iou, low_res = self.predict_torch(
             coords, labels, boxes, masks, multimask_output=multimask_output, return_logits=return_logits,
             hq_token_only=hq_token_only, image_index=image_index,
@@ -183,9 +184,9 @@ class SamPredictor:
         features = self.features[i : i + 1]
         hq_features = None if self.hq_features is None else self.hq_features[i : i + 1]
         cfg = self.model.config
-        multimask_output = _flag(multimask_output, "multimask_output")
-        return_logits = _flag(return_logits, "return_logits")
-        hq_token_only = _flag(hq_token_only, "hq_token_only")
+        multimask_output = flag(multimask_output, "multimask_output")
+        return_logits = flag(return_logits, "return_logits")
+        hq_token_only = flag(hq_token_only, "hq_token_only")
         if hq_token_only and not self.model.is_hq:
             raise ValueError("hq_token_only applies to HQ models only")
         coords, labels, boxes, mask_input, batch = self._validate(
@@ -253,7 +254,7 @@ class SamPredictor:
                     f"y in [0, {h}]); use label -1 for padding points"
                 )
             if cfg.decoder_family == "efficient_sam":
-                _check_corner_points(coords, labels)
+                check_corner_points(coords, labels)
             if cfg.decoder_family == "efficient_sam" and (labels == 0).any():
                 warnings.warn(
                     "EfficientSAM was not trained with negative points: label 0 adds only the positional "
@@ -307,33 +308,6 @@ class SamPredictor:
         return coords, labels, boxes, mask_input, batch[0]
 
 
-def _check_corner_points(coords: torch.Tensor, labels: torch.Tensor) -> None:
-    """EfficientSAM box corners as points: in each prompt the k-th label 2 (top-left) pairs with the k-th
-    label 3 (bottom-right), and the pair must be a box that `boxes=` would accept."""
-    if not (labels >= 2).any():  # one check (labels are already in -1..3) on the common path
-        return
-    is2, is3 = labels == 2, labels == 3
-    if (is2.sum(1) != is3.sum(1)).any():
-        raise ValueError(
-            "point_labels: each box corner label 2 (top-left) needs its label 3 (bottom-right) in the same "
-            "prompt, and vice versa; or give the box with box= / boxes="
-        )
-    tl, br = coords[is2], coords[is3]  # row-major: the k-th 2 and the k-th 3 of a prompt line up
-    if (br < tl).any():
-        raise ValueError(
-            "point_coords: inverted box corners: label 2 is the top-left (x0, y0) and label 3 the bottom-right "
-            "(x1, y1) corner, with x0 <= x1 and y0 <= y1"
-        )
-    if (br == tl).any():
-        raise ValueError("point_coords: zero-area box corners: labels 2/3 need x0 < x1 and y0 < y1")
-
-
-def _flag(x, name: str) -> bool:
-    if isinstance(x, (bool, np.bool_)) or (isinstance(x, (int, np.integer)) and x in (0, 1)):
-        return bool(x)
-    raise TypeError(f"{name} must be True or False, got {x!r}")
-
-
 def _tensor(x, name: str, want: str = "real numbers (int or float)") -> torch.Tensor:
     """An int or float tensor, or a TypeError naming the parameter (bool and complex are refused)."""
     try:
@@ -343,19 +317,3 @@ def _tensor(x, name: str, want: str = "real numbers (int or float)") -> torch.Te
     if t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{name} must be {want}, got dtype {t.dtype}")
     return t
-
-
-def _array(x, name: str, shape: tuple | None) -> np.ndarray:
-    """A numeric (int or float) array of `shape` (None: any; None entries: any size)."""
-    try:
-        arr = np.asarray(x)
-    except ValueError as e:  # ragged nested lists
-        raise ValueError(f"{name} must be a rectangular array of numbers ({e})") from None
-    if shape is not None and (
-        arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape))
-    ):
-        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be numeric (int or float), got dtype {arr.dtype}")
-    return arr

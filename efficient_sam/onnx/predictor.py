@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..images import as_rgb_uint8
+from ..prompt_checks import check_corner_points, flag, numeric_array
 from . import format as fmt
 
 __all__ = ["OnnxSamPredictor"]
@@ -96,50 +97,6 @@ def transform_coords(coords: np.ndarray, original_size: tuple[int, int], cfg: di
         return np.stack([x, y], axis=-1).astype(np.float32)
     nh, nw = longest_side_size(h, w, s)
     return np.stack([c[..., 0] * np.float32(nw / w), c[..., 1] * np.float32(nh / h)], axis=-1).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Prompt checks (those of SamPredictor)
-
-
-def _array(x, name: str, shape: tuple | None) -> np.ndarray:
-    try:
-        arr = np.asarray(x)
-    except ValueError as e:
-        raise ValueError(f"{name} must be a rectangular array of numbers ({e})") from None
-    if shape is not None and (
-        arr.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, arr.shape))
-    ):
-        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {arr.shape}")
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be numeric (int or float), got dtype {arr.dtype}")
-    return arr
-
-
-def _flag(x, name: str) -> bool:
-    if isinstance(x, (bool, np.bool_)) or (isinstance(x, (int, np.integer)) and x in (0, 1)):
-        return bool(x)
-    raise TypeError(f"{name} must be True or False, got {x!r}")
-
-
-def _check_corner_points(coords: np.ndarray, labels: np.ndarray) -> None:
-    if not (labels >= 2).any():
-        return
-    is2, is3 = labels == 2, labels == 3
-    if is2.sum() != is3.sum():
-        raise ValueError(
-            "point_labels: each box corner label 2 (top-left) needs its label 3 (bottom-right) in the same "
-            "prompt, and vice versa; or give the box with box= / boxes="
-        )
-    tl, br = coords[is2], coords[is3]
-    if (br < tl).any():
-        raise ValueError(
-            "point_coords: inverted box corners: label 2 is the top-left (x0, y0) and label 3 the bottom-right "
-            "(x1, y1) corner, with x0 <= x1 and y0 <= y1"
-        )
-    if (br == tl).any():
-        raise ValueError("point_coords: zero-area box corners: labels 2/3 need x0 < x1 and y0 < y1")
 
 
 class OnnxSamPredictor:
@@ -223,9 +180,9 @@ class OnnxSamPredictor:
         a previous call. C = 3 with `multimask_output`, else 1; HQ exports always return C = 1 (SAM + HQ
         logits, or the HQ logits alone with `hq_token_only`), as `SamPredictor.predict`."""
         self._require_image()
-        multimask_output = _flag(multimask_output, "multimask_output")
-        return_logits = _flag(return_logits, "return_logits")
-        hq_token_only = _flag(hq_token_only, "hq_token_only")
+        multimask_output = flag(multimask_output, "multimask_output")
+        return_logits = flag(return_logits, "return_logits")
+        hq_token_only = flag(hq_token_only, "hq_token_only")
         if hq_token_only and not self.is_hq:
             raise ValueError("hq_token_only applies to HQ models only")
         coords, labels, boxes, mask = self._validate(point_coords, point_labels, box, mask_input)
@@ -272,8 +229,8 @@ class OnnxSamPredictor:
         if (coords is None) != (labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         if coords is not None:
-            coords = _array(coords, "point_coords", (None, 2))
-            labels = _array(labels, "point_labels", (None,))
+            coords = numeric_array(coords, "point_coords", (None, 2))
+            labels = numeric_array(labels, "point_labels", (None,))
             if labels.shape[0] != coords.shape[0]:
                 raise ValueError(
                     f"point_labels must be (B, N) = {(1, coords.shape[0])} to match point_coords, "
@@ -302,7 +259,7 @@ class OnnxSamPredictor:
                     f"y in [0, {h}]); use label -1 for padding points"
                 )
             if not sam:
-                _check_corner_points(coords, labels)
+                check_corner_points(coords[None], labels[None])
                 if (labels == 0).any():
                     warnings.warn(
                         "EfficientSAM was not trained with negative points: label 0 adds only the positional "
@@ -311,7 +268,7 @@ class OnnxSamPredictor:
                     )
         boxes = None
         if box is not None:
-            boxes = _array(box, "box", None)
+            boxes = numeric_array(box, "box", None)
             if boxes.shape not in ((4,), (1, 4)):
                 raise ValueError(
                     f"box must have 4 numbers (x0, y0, x1, y1), shape (4,) or (1, 4), got shape {boxes.shape}"
@@ -331,7 +288,7 @@ class OnnxSamPredictor:
         if mask_input is not None:
             if not cfg["mask_input"]:
                 raise ValueError("this model has no mask-prompt input (EfficientSAM decoder); pass mask_input=None")
-            mask_input = _array(mask_input, "mask_input", (1, None, None))
+            mask_input = numeric_array(mask_input, "mask_input", (1, None, None))
             s = cfg["low_res_size"]
             if tuple(mask_input.shape) != (1, s, s):
                 raise ValueError(f"mask_input must be (B, 1, {s}, {s}) low-res logits, got {(1, *mask_input.shape)}")
