@@ -20,7 +20,6 @@ masks share their boxes, so NMS at 0.7 would leave one mask).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -39,6 +38,8 @@ from efficient_sam.images import read_rgb
 
 from .official import ReferenceUnavailable, build_official, check_reference
 from .random_weights import randomize_
+from .report import font as report_font
+from .report import write_outputs
 from .timing import PeakMemory, machine_info, release_memory, rss_bytes, sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,17 +202,13 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: str | Path) -> None:
     """Seconds per image as horizontal bars stacked encoder / decoder / post, one bar per row, with PIL."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     rows = [r for r in report["results"] if "split_s" in r]
     W, L, R, T, bar = 1000, 330, 40, 60, 22
     H = T + len(rows) * (bar + 8) + 60
     im = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(im)
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
+    d, font = ImageDraw.Draw(im), report_font()
     a = report["args"]
     d.text((10, 12), f"Segment everything: seconds per image ({a['device']}, "
                      f"{report['machine']['torch_threads']} threads), split by phase", fill="black", font=font)
@@ -338,10 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     md = markdown(report)
     print(md)
-    for path, text in ((args.json, json.dumps(report, indent=2, default=str)), (args.markdown, f"`{report['command']}`\n\n" + md)):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+    write_outputs(report, md, args.json, args.markdown)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(report, args.plot)

@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from efficient_sam.evaluation.clicks import THRESHOLDS, evaluate_clicks
+
+from .report import font as report_font
 
 __all__ = ["add_arguments", "run", "plot_clicks", "main"]
 
@@ -79,19 +81,12 @@ def run(args: argparse.Namespace, model, records: Sequence) -> dict[str, Any]:
     return res
 
 
-def _font(size: int = 13):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def plot_clicks(curves: Mapping[str, Sequence[float]], path: str | Path,
                 title: str = "mIoU vs number of clicks") -> None:
     """One line per model: `curves` = {label: [mIoU@1, mIoU@2, ...]} -> a PNG at `path` (PIL only)."""
     W, H, L, R, T, B = 900, 600, 70, 30, 50, 60
     im = Image.new("RGB", (W, H), "white")
-    d, font = ImageDraw.Draw(im), _font()
+    d, font = ImageDraw.Draw(im), report_font()
     d.text((L, 15), title, fill="black", font=font)
     n = max((len(v) for v in curves.values()), default=1)
 

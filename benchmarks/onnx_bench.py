@@ -25,7 +25,6 @@ the N prompts end to end (encoder.onnx -> decoder.onnx vs torch encoder -> decod
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from efficient_sam.config import parse_override
 
 from .flops import DecoderCall, decoder_inputs
 from .random_weights import randomize_
+from .report import write_outputs
 from .timing import machine_info, release_memory, time_fn
 
 PROG = "esam-bench --onnx"
@@ -306,10 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     md = markdown(report)
     print(md)
-    for path, text in ((args.json, json.dumps(report, indent=2, default=str)), (args.markdown, f"`{report['command']}`\n\n" + md)):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+    write_outputs(report, md, args.json, args.markdown)
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -161,22 +161,39 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def font(size: int = 13):
+    """PIL's default font at `size` (Pillow < 10.1 has one size only): the font of every benchmark plot."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def write_outputs(report: dict, md: str, json_path: str | None, markdown_path: str | None) -> None:
+    """Write the JSON report and the markdown (headed by the report's `command`), creating folders."""
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2, default=str))
+    if markdown_path:
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown_path).write_text(f"`{report['command']}`\n\n{md}")
+
+
 def plot(report: dict, path: str | Path) -> None:
     """Latency (end to end, median) vs parameters, log-log, drawn with PIL."""
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
 
     pts = [r for r in report["results"] if "latency_ms" in r]
     W, H = 900, 600
     L, R, T, B = 90, 30, 50, 70
     im = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(im)
-    try:
-        font = ImageFont.load_default(size=13)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
+    fnt = font()
     a = report["args"]
     d.text((L, 15), f"End-to-end latency vs parameters ({a['device']}, {a['dtype']}, batch {a['batch_size']}, "
-                    f"{a['image_size']} px)", fill="black", font=font)
+                    f"{a['image_size']} px)", fill="black", font=fnt)
     if not pts:
         im.save(path)
         return
@@ -208,15 +225,15 @@ def plot(report: dict, path: str | Path) -> None:
         x = px(v)
         d.line([(x, T), (x, H - B)], fill=(170, 170, 170) if m == 1 else (225, 225, 225))
         if m in (1, 2, 5):
-            d.text((x - 8, H - B + 8), f"{v:g}", fill="black", font=font)
+            d.text((x - 8, H - B + 8), f"{v:g}", fill="black", font=fnt)
     for v, m in ticks(lo_y, hi_y):
         y = py(v)
         d.line([(L, y), (W - R, y)], fill=(170, 170, 170) if m == 1 else (225, 225, 225))
         if m in (1, 2, 5):
-            d.text((L - 60, y - 7), f"{v:g}", fill="black", font=font)
+            d.text((L - 60, y - 7), f"{v:g}", fill="black", font=fnt)
     d.rectangle([L, T, W - R, H - B], outline="black")
-    d.text(((L + W - R) // 2 - 80, H - 35), "parameters (millions, log scale)", fill="black", font=font)
-    d.text((8, T - 18), "end-to-end latency, ms (log)", fill="black", font=font)
+    d.text(((L + W - R) // 2 - 80, H - 35), "parameters (millions, log scale)", fill="black", font=fnt)
+    d.text((8, T - 18), "end-to-end latency, ms (log)", fill="black", font=fnt)
     colors = {"ours": (31, 119, 180), "official": (214, 39, 40), "hq": (44, 160, 44)}
     placed: list[tuple[float, float, float, float]] = []
     for r, x, y in sorted(zip(pts, xs, ys), key=lambda t: -t[2]):  # top to bottom
@@ -227,7 +244,7 @@ def plot(report: dict, path: str | Path) -> None:
         else:
             d.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=c)
         label = f"{r['model']} ({r['impl']}) {y:.0f} ms"
-        x0, x1 = d.textbbox((0, 0), label, font=font)[0::2]
+        x0, x1 = d.textbbox((0, 0), label, font=fnt)[0::2]
         lw, lh = x1 - x0, 14
         lx, ly = cx + 8, cy - lh
         if lx + lw > W - 4:
@@ -235,15 +252,15 @@ def plot(report: dict, path: str | Path) -> None:
         while any(lx < b[2] and b[0] < lx + lw and ly < b[3] and b[1] < ly + lh for b in placed):
             ly += lh  # below the labels already drawn
         placed.append((lx, ly, lx + lw, ly + lh))
-        d.text((lx, ly), label, fill=c, font=font)
+        d.text((lx, ly), label, fill=c, font=fnt)
     lx = W - R - 190  # legend above the frame, right
     d.ellipse([lx, 10, lx + 10, 20], fill=colors["ours"])
-    d.text((lx + 16, 8), "ours", fill="black", font=font)
+    d.text((lx + 16, 8), "ours", fill="black", font=fnt)
     if any(r.get("hq") for r in pts):
         d.ellipse([lx - 90, 10, lx - 80, 20], fill=colors["hq"])
-        d.text((lx - 74, 8), "ours + HQ", fill="black", font=font)
+        d.text((lx - 74, 8), "ours + HQ", fill="black", font=fnt)
     d.rectangle([lx, 28, lx + 10, 38], outline=colors["official"], width=2)
-    d.text((lx + 16, 26), "official segment_anything", fill="black", font=font)
+    d.text((lx + 16, 26), "official segment_anything", fill="black", font=fnt)
     im.save(path)
 
 # ----------------------------------------------------------------------------------------------
@@ -268,9 +285,4 @@ def write_report(module: str, argv: list[str] | None, table: list[str], notes: l
     print(md)
     argv = sys.argv[1:] if argv is None else argv
     command = f"python -m benchmarks.{module} " + " ".join(shlex.quote(a) for a in argv)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps({"command": command, **report, "notes": notes}, indent=2, default=str))
-    if markdown_path:
-        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(markdown_path).write_text(f"`{command}`\n\n{md}")
+    write_outputs({"command": command, **report, "notes": notes}, md, json_path, markdown_path)
