@@ -3,7 +3,7 @@
 Layouts (`open_dataset(path)` detects them):
 - **mask folder** (`mask_folder.py`): `images/`, `masks/` (0/255 or 0/1, one file per object), optional
   `ignore/` (255 or 1 = pixels excluded from the metrics), optional `pairs.csv` (columns `image`, `mask`,
-  `ignore`, optionally `name`, `object_id`; paths relative to the folder), as `../shared/data/grabcut/`;
+  `ignore`, optionally `name`, `object_id`; paths relative to the folder), as `assets/grabcut/`;
   the mask rule (0/255, 0/1, instance labels with `object_id`) is `read_binary_mask`'s.
 - **COCO** instances JSON (`coco.py`; `images`, `annotations`): a `.json` file, or a folder holding one
   in `annotations/`; crowd annotations are skipped unless asked for.

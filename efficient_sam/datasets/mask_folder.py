@@ -1,6 +1,6 @@
 """Mask-folder layout: `images/`, `masks/` (one file per object), optional `ignore/` (pixels excluded
 from the metrics) and optional `pairs.csv` (columns `image`, `mask`, `ignore`, optionally `name`,
-`object_id`; paths relative to the folder), as `../shared/data/grabcut/`.
+`object_id`; paths relative to the folder), as `assets/grabcut/`.
 
 How a mask file is read (`read_binary_mask`; ignore files alike): the first channel of an RGB(A)
 file; with an `object_id` (other than 255) the object is the pixels equal to it (an instance-label

@@ -1,7 +1,7 @@
 """esam-predict: segment one image with points and/or a box and write the mask drawn on the image.
 
     esam-predict --model efficient_sam_vitt --checkpoint efficient_sam_vitt.pt \
-        --image ../shared/data/photos/dogs.jpg --point 580,350 --point 650,350 --out dogs_mask.png
+        --image assets/photos/dogs.jpg --point 580,350 --point 650,350 --out dogs_mask.png
 """
 
 from __future__ import annotations
