@@ -117,15 +117,20 @@ def mask_recall(
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
+    if len(records) != len(gt_masks):
+        raise ValueError(f"{len(records)} images of generator records but {len(gt_masks)} of ground-truth masks")
     images, anns, dets = [], [], []
     for i, (recs, gts) in enumerate(zip(records, gt_masks)):
-        h, w = gts[0].shape if len(gts) else record_masks(recs).shape[1:]
+        masks = record_masks(recs)
+        h, w = gts[0].shape if len(gts) else masks.shape[1:]
+        if len(masks) and tuple(masks.shape[1:]) != (h, w):
+            raise ValueError(f"image {i}: generator masks are {tuple(masks.shape[1:])} (HxW), its ground truth {(h, w)}")
         images.append({"id": i, "height": int(h), "width": int(w)})
         for m in gts:
             x0, y0, x1, y1 = mask_to_box(m)
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "segmentation": _coco_rle(m),
                          "area": float(m.sum()), "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0})
-        for r, m in zip(recs, record_masks(recs).numpy()):
+        for r, m in zip(recs, masks.numpy()):
             dets.append({"image_id": i, "category_id": 1, "segmentation": _coco_rle(m), "score": float(r["predicted_iou"])})
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]}

@@ -737,6 +737,10 @@ def test_everything_mask_recall_against_direct_iou(records):
     noise = [as_records(b, 0.9) + as_records([~g[0]], 0.1) for b, g in zip(boxes, gts)]
     assert mask_recall(noise, gts, max_dets=(1,))["AR@1"] == pytest.approx(got["AR@1"])
     assert mask_recall([[] for _ in gts], gts) == {"AR@100": 0.0, "AR@1000": 0.0}
+    with pytest.raises(ValueError, match="2 images of generator records but 4"):
+        mask_recall([as_records(g) for g in gts[:2]], gts)
+    with pytest.raises(ValueError, match="image 0: generator masks are"):
+        mask_recall([as_records([g[0][:-1]]) for g in gts], gts)
 
 
 def test_cli_protocol_everything(tmp_path, asset_paths, capsys, records):
