@@ -54,6 +54,20 @@ def _photo(name: str, longest: int | None = 640) -> np.ndarray:
     return np.array(im)
 
 
+def _export_official(wrapper, dummy: dict, path):
+    """The official `SamOnnxModel` (SAM or HQ) exported as `scripts/export_onnx_model.py` does: the
+    inputs of `dummy` in order, a dynamic number of points, opset 17 -> `path`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, tuple(dummy.values()), str(path), input_names=list(dummy),
+            output_names=["masks", "iou_predictions", "low_res_masks"],
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            opset_version=17, do_constant_folding=True, dynamo=False,
+        )
+    return path
+
+
 @pytest.fixture(scope="module")
 def photos():
     return {n: _photo(n) for n in ("dogs.jpg", "truck.jpg", "groceries.jpg")}  # 640x360, 640x427, 640x427
@@ -245,15 +259,7 @@ def test_decoder_matches_the_official_onnx_decoder(sam_pair, exports, photos, tm
         "point_labels": torch.randint(0, 4, (1, 5)).float(), "mask_input": torch.randn(1, 1, 64, 64),
         "has_mask_input": torch.tensor([1.0]), "orig_im_size": torch.tensor([float(size[0]), float(size[1])]),
     }
-    path = tmp_path / "official.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper, tuple(dummy.values()), str(path), input_names=list(dummy),
-            output_names=["masks", "iou_predictions", "low_res_masks"],
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-            opset_version=17, do_constant_folding=True, dynamo=False,
-        )
+    path = _export_official(wrapper, dummy, tmp_path / "official.onnx")
     theirs, ours = ort.InferenceSession(str(path)), _session(exports["sam"], "decoder")
     pred = OnnxSamPredictor(exports["sam"])
     pred.set_image(image)
@@ -311,15 +317,7 @@ def test_hq_decoder_matches_the_official_hq_onnx_decoder(tmp_path):
             "mask_input": torch.randn(1, 1, 256, 256), "has_mask_input": torch.tensor([1.0]),
             "orig_im_size": torch.tensor([300.0, 450.0]),
         }
-        path = tmp_path / "official_hq.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper, tuple(dummy.values()), str(path), input_names=list(dummy),
-                output_names=["masks", "iou_predictions", "low_res_masks"],
-                dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-                opset_version=17, dynamo=False,
-            )
+        path = _export_official(wrapper, dummy, tmp_path / "official_hq.onnx")
         theirs = ort.InferenceSession(str(path))
         for labels, has_mask in (([1, -1], 0), ([1, 2, 3], 1)):
             feeds = {
